@@ -1,0 +1,74 @@
+"""Default: the inception U-Net on the built-in synthetic CT phantoms (no download needed).
+
+    python -m lungseg_jax.train --config configs/default.py --workdir runs/default
+
+Every study config below imports this one and overrides a handful of fields.
+Any field can be overridden on the command line, e.g. ``--config.num_epochs=3``.
+Measured: see README, "Results".
+"""
+
+import ml_collections
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    # Seed for parameter init, epoch order and augmentation (a run is a function of it).
+    config.seed = 0
+
+    config.model = ml_collections.ConfigDict()
+    # 'incp_unet' (inception blocks) or 'conv_unet' (one conv3x3 per block).
+    config.model.name = "incp_unet"
+    # Filters per U-Net level (blocks output 4x these); the study's (8, 16, 32, 64).
+    config.model.features = (8, 16, 32, 64)
+    # Compute dtype: 'float32', or 'bfloat16' on GPU/TPU (parameters stay float32).
+    config.model.dtype = "float32"
+
+    config.data = ml_collections.ConfigDict()
+    # 'synthetic' (built-in phantoms), 'folder' (DIR/2d_images + DIR/2d_masks) or 'tfds'.
+    config.data.source = "synthetic"
+    # Dataset folder for 'folder'; for 'tfds', the manual_dir holding the Kaggle files.
+    config.data.path = ""
+    # TFDS data_dir for 'tfds' ('' = ~/tensorflow_datasets).
+    config.data.tfds_data_dir = ""
+    # Training resolution (square); evaluation always reports at the masks' own size.
+    config.data.image_size = 64
+    # 1 (CT is grey) or 3 (copies, as the study fed RGB).
+    config.data.channels = 1
+    # Hounsfield window mapped to [0, 1]: the lung window (level -600, width 1500).
+    config.data.hu_min = -1350.0
+    config.data.hu_max = 150.0
+    # Fraction of the source held out for per-epoch validation, and the split's seed.
+    config.data.val_fraction = 0.1
+    config.data.split_seed = 0
+    config.data.synthetic = ml_collections.ConfigDict()
+    config.data.synthetic.num_images = 64
+    config.data.synthetic.size = 128
+    config.data.synthetic.seed = 1234
+
+    # The study's augmentation, applied inside the jitted step.
+    config.augment = ml_collections.ConfigDict()
+    config.augment.enabled = True
+    config.augment.flip = True  # random horizontal and vertical flips
+    config.augment.shift = 0.1  # +-10% shifts
+    config.augment.zoom = 0.1  # zoom in [0.9, 1.1] per axis
+
+    # Optimisation: Adam (Keras epsilon 1e-7), the study's batch 4.
+    config.batch_size = 4
+    config.eval_batch_size = 8
+    config.num_epochs = 10
+    config.learning_rate = 1e-3
+    # 'bce' (the study's) or 'bce_dice' (BCE + soft Dice).
+    config.loss = "bce"
+
+    config.schedule = ml_collections.ConfigDict()
+    # 'constant', 'cosine' (to 0 over the run) or 'snapshot' (cosine restarted each cycle).
+    config.schedule.name = "snapshot"
+    # Training is split in this many equal cycles; a snapshot is kept at the end of each.
+    config.schedule.num_cycles = 2
+
+    config.checkpoint = ml_collections.ConfigDict()
+    # Save every this many steps (0: at the end of every epoch); snapshots are always saved.
+    config.checkpoint.every_steps = 0
+    # Regular checkpoints kept for resume (snapshots are kept forever on top).
+    config.checkpoint.keep_latest = 2
+    return config

@@ -1,0 +1,48 @@
+"""Checkpoints through orbax: the latest few for resume, every snapshot kept forever.
+
+``WORKDIR/checkpoints/<step>/`` holds the whole train state (params, BatchNorm
+statistics, optimizer state, step). Orbax writes each checkpoint to a temporary
+directory and renames it when complete, so a run killed mid-save leaves the
+previous checkpoints intact.
+"""
+
+import os
+
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def create_manager(workdir: str, snapshot_steps=(), keep_latest: int = 2,
+                   read_only: bool = False) -> ocp.CheckpointManager:
+    """A manager that keeps the latest ``keep_latest`` checkpoints plus ``snapshot_steps``.
+
+    The snapshot steps are recorded in the manager's root metadata for evaluation;
+    ``read_only`` opens an existing directory without recording anything.
+    """
+    policy = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(keep_latest),
+        checkpoint_managers.CustomSteps(list(snapshot_steps)),
+    ])
+    options = ocp.CheckpointManagerOptions(preservation_policy=policy, create=not read_only)
+    metadata = None if read_only else {"snapshot_steps": list(snapshot_steps)}
+    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, metadata=metadata)
+
+
+def saved_snapshot_steps(manager: ocp.CheckpointManager) -> list:
+    """The snapshot steps that have been saved so far, ascending."""
+    planned = manager.metadata().custom_metadata.get("snapshot_steps", [])
+    return sorted(set(planned) & set(manager.all_steps()))
+
+
+def save(manager: ocp.CheckpointManager, state) -> None:
+    """Saves ``state`` at its own step (asynchronously; ``manager.wait_until_finished()``)."""
+    manager.save(int(state.step), args=ocp.args.StandardSave(state))
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
+    """The state saved at ``step``, laid out (shapes, dtypes, shardings) like ``abstract_state``."""
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))

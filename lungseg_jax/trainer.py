@@ -1,0 +1,395 @@
+"""The training loop: small functions, and ``train_and_evaluate`` that reads top to bottom.
+
+Design:
+* The whole (small) training set lives on the device, replicated over the mesh.
+  Each jitted step draws its batch from a per-epoch permutation that is a pure
+  function of (seed, epoch), augments it, and shards it over the ``data`` axis,
+  so no host pipeline stands between steps and a resumed run sees the same batches.
+* Data parallelism is ``jit`` over a 1-D ``Mesh``: the batch on ``P('data')``,
+  the train state replicated on ``P()``; BatchNorm statistics are global over
+  the batch, so any device count gives the same numbers.
+* Everything random derives from ``config.seed`` and the step, so a checkpoint's
+  step is all the state a resume needs besides the arrays.
+"""
+
+import json
+import os
+import time
+from typing import Any, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from lungseg_jax import augment, checkpointing, data, metrics, models, progress, schedules
+from lungseg_jax.validation import check_config, check_mesh
+
+ADAM_EPS = 1e-7  # Keras' Adam epsilon, as in the study
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any
+
+
+@flax.struct.dataclass
+class DeviceData:
+    """Preprocessed images (N, H, W, C) and masks (N, H, W, 1), resident on the device."""
+
+    images: jax.Array
+    masks: jax.Array
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def create_mesh(devices=None) -> Mesh:
+    """A 1-D data-parallel mesh over ``devices`` (default: every device of every process)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P("data"))
+
+
+def rng_streams(seed: int):
+    """Independent keys for (parameter init, epoch order, augmentation)."""
+    return jax.random.split(jax.random.key(seed), 3)
+
+
+def create_optimizer(config, total_steps: int):
+    learning_rate_fn = schedules.create_learning_rate_fn(config.schedule, config.learning_rate,
+                                                         total_steps)
+    return optax.adam(learning_rate_fn, eps=ADAM_EPS), learning_rate_fn
+
+
+def create_train_state(config, model, tx, mesh: Mesh) -> TrainState:
+    """Initialised train state, replicated over the mesh (init is jitted: fast compile)."""
+    init_key = rng_streams(config.seed)[0]
+    size, channels = config.data.image_size, config.data.channels
+
+    def init():
+        variables = model.init(init_key, jnp.zeros((1, size, size, channels)), train=False)
+        return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                                 batch_stats=variables["batch_stats"], tx=tx)
+
+    return jax.jit(init, out_shardings=replicated(mesh))()
+
+
+def abstract_train_state(config, model, tx, mesh: Mesh):
+    """Shapes, dtypes and shardings of the train state, for restoring a checkpoint."""
+    abstract = jax.eval_shape(lambda: create_train_state(config, model, tx, mesh))
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        abstract)
+
+
+def put_replicated(array, mesh: Mesh) -> jax.Array:
+    return jax.device_put(array, replicated(mesh))
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def draw_batch(train_data: DeviceData, step, *, seed: int, batch_size: int,
+               steps_per_epoch: int):
+    """The batch of ``step``: a slice of the permutation of epoch ``step // steps_per_epoch``."""
+    order_key = rng_streams(seed)[1]
+    num_images = train_data.images.shape[0]
+    epoch, index = step // steps_per_epoch, step % steps_per_epoch
+    order = jax.random.permutation(jax.random.fold_in(order_key, epoch), num_images)
+    picked = jax.lax.dynamic_slice_in_dim(order, index * batch_size, batch_size)
+    return train_data.images[picked], train_data.masks[picked]
+
+
+def make_train_step(config, mesh: Mesh, steps_per_epoch: int, learning_rate_fn):
+    """The jitted train step ``(state, train_data) -> (state, measurements)``.
+
+    Draws and augments its own batch (see ``draw_batch``); the state is donated.
+    """
+    loss_fn = metrics.LOSSES[config.loss]
+    aug_key = rng_streams(config.seed)[2]
+
+    def train_step(state: TrainState, train_data: DeviceData):
+        images, masks = draw_batch(train_data, state.step, seed=config.seed,
+                                   batch_size=config.batch_size, steps_per_epoch=steps_per_epoch)
+        images = jax.lax.with_sharding_constraint(images, batch_sharded(mesh))
+        masks = jax.lax.with_sharding_constraint(masks, batch_sharded(mesh))
+        images, masks = augment.augment(jax.random.fold_in(aug_key, state.step), images, masks,
+                                        config.augment)
+
+        def compute_loss(params):
+            logits, updates = state.apply_fn(
+                {"params": params, "batch_stats": state.batch_stats}, images, train=True,
+                mutable=["batch_stats"])
+            return loss_fn(logits, masks), updates["batch_stats"]
+
+        (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+        new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+        measurements = {"loss": loss, "grad_norm": optax.global_norm(grads),
+                        "learning_rate": learning_rate_fn(state.step)}
+        return new_state, measurements
+
+    return jax.jit(train_step, donate_argnums=0,
+                   out_shardings=(replicated(mesh), replicated(mesh)))
+
+
+def make_eval_step(config, mesh: Mesh):
+    """Jitted ``(state, images, masks) -> (per-image loss, per-image pixel counts)``."""
+    loss_fn = metrics.LOSSES[config.loss]
+
+    def eval_step(state: TrainState, images, masks):
+        images = jax.lax.with_sharding_constraint(images, batch_sharded(mesh))
+        logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
+                                images, train=False)
+        losses = jax.vmap(lambda lo, m: loss_fn(lo[None], m[None]))(logits, masks)
+        return losses, metrics.pixel_counts(logits[..., 0] > 0, masks[..., 0] > 0.5)
+
+    return jax.jit(eval_step, out_shardings=(replicated(mesh), replicated(mesh)))
+
+
+def evaluate_arrays(eval_step, state, images: np.ndarray, masks: np.ndarray, batch_size: int,
+                    mesh: Mesh) -> dict:
+    """Loss, pooled IoU, mean IoU and mean Dice of ``state`` on a preprocessed set."""
+    n = len(images)
+    pad = -n % batch_size
+    images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+    masks = np.concatenate([masks, np.zeros((pad, *masks.shape[1:]), masks.dtype)])
+    losses, counts = [], []
+    for start in range(0, n + pad, batch_size):
+        batch = [put_replicated(a[start:start + batch_size], mesh) for a in (images, masks)]
+        loss, count = eval_step(state, *batch)
+        losses.append(loss)
+        counts.append(count)
+    losses, counts = jax.device_get((losses, counts))
+    losses, counts = np.concatenate(losses)[:n], np.concatenate(counts)[:n]
+    return {"loss": float(losses.mean()), **metrics.summarize(counts)}
+
+
+# ----------------------------------------------------------------------------- workdir
+
+
+def config_to_dict(config) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def prepare_workdir(workdir: str, config) -> None:
+    """Creates the workdir and records the config; refuses a workdir of a different run."""
+    path = os.path.join(workdir, "config.json")
+    new = config_to_dict(config)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old != new:
+            diff = diff_configs(old, new)
+            raise ValueError(f"{workdir!r} holds a run with a different config ({diff}); "
+                             "re-run with its original config to resume, or use a new --workdir "
+                             "(or delete this one) to start fresh")
+        return
+    os.makedirs(workdir, exist_ok=True)
+    write_atomic(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
+
+
+def diff_configs(old: dict, new: dict, prefix: str = "") -> str:
+    keys = sorted(set(old) | set(new))
+    parts = []
+    for k in keys:
+        a, b = old.get(k, "<missing>"), new.get(k, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            sub = diff_configs(a, b, f"{prefix}{k}.")
+            parts += [sub] if sub else []
+        elif a != b:
+            parts.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return "; ".join(parts)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: is {workdir!r} a lungseg_jax workdir?")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def truncate_metrics(path: str, last_step: int) -> None:
+    """Drops records past ``last_step`` (written after the checkpoint a resume starts from)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+    write_atomic(path, "".join(lines))
+
+
+def append_metrics(path: str, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def check_finite(history: list, first_step: int) -> None:
+    """Raises FloatingPointError naming the first step whose loss or gradient is not finite."""
+    values = jax.device_get(history)
+    for offset, m in enumerate(values):
+        if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+            raise FloatingPointError(
+                f"non-finite loss ({m['loss']}) or gradient norm ({m['grad_norm']}) at step "
+                f"{first_step + offset + 1}; the last finite checkpoint is kept as the latest")
+
+
+# ----------------------------------------------------------------------------- main loop
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None):
+    """Trains (or resumes) the configured model in ``workdir``; returns the final state."""
+    check_config(config)
+    mesh = create_mesh(devices)
+    check_mesh(config, mesh.size)
+    is_chief = jax.process_index() == 0
+
+    # Input: validated and preprocessed before anything is written to the workdir.
+    train_images, train_masks, val_images, val_masks = data.load_train_val(config.data)
+    steps_per_epoch = len(train_images) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
+                         f"{len(train_images)} training images")
+    total_steps = config.num_epochs * steps_per_epoch
+    snapshot_steps = schedules.snapshot_steps(total_steps, config.schedule.num_cycles)
+    checkpoint_every = config.checkpoint.every_steps or steps_per_epoch
+    logging.info("%d training / %d validation images at %dx%d; %d steps (%d epochs x %d); "
+                 "snapshots at steps %s; mesh %s", len(train_images), len(val_images),
+                 config.data.image_size, config.data.image_size, total_steps, config.num_epochs,
+                 steps_per_epoch, snapshot_steps, dict(mesh.shape))
+    if is_chief:
+        prepare_workdir(workdir, config)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+
+    # Model, optimizer, state: restored from the latest checkpoint when there is one.
+    model = models.create_model(config.model)
+    tx, learning_rate_fn = create_optimizer(config, total_steps)
+    manager = checkpointing.create_manager(workdir, snapshot_steps,
+                                           config.checkpoint.keep_latest)
+    latest = manager.latest_step()
+    if latest is None:
+        state = create_train_state(config, model, tx, mesh)
+    else:
+        state = checkpointing.restore(manager, latest,
+                                      abstract_train_state(config, model, tx, mesh))
+        logging.info("Resumed from the checkpoint at step %d.", latest)
+        if is_chief:
+            truncate_metrics(metrics_path, latest)
+    start = int(state.step)
+    if start >= total_steps:
+        logging.info("Training already finished (step %d of %d) in %s.", start, total_steps,
+                     workdir)
+        manager.close()
+        return state
+
+    # Data on the device; compiled steps.
+    train_data = put_replicated(DeviceData(train_images, train_masks), mesh)
+    train_step = make_train_step(config, mesh, steps_per_epoch, learning_rate_fn)
+    eval_step = make_eval_step(config, mesh)
+
+    bar = progress.Progress(total_steps, start, config.batch_size, enabled=None if is_chief
+                            else False)
+    history, epoch_start_time = [], time.monotonic()
+    for step in range(start, total_steps):
+        state, measurements = train_step(state, train_data)
+        history.append(measurements)
+        done = step + 1
+        if bar.due():
+            bar.draw(done, float(measurements["loss"]))
+        at_epoch_end = done % steps_per_epoch == 0
+        should_save = done % checkpoint_every == 0 or done in snapshot_steps or done == total_steps
+        if at_epoch_end or should_save:
+            check_finite(history, first_step=done - len(history))
+        if at_epoch_end:
+            record = epoch_record(history, done, steps_per_epoch, epoch_start_time, config)
+            record.update({f"val_{k}": v for k, v in evaluate_arrays(
+                eval_step, state, val_images, val_masks, config.eval_batch_size, mesh).items()})
+            history, epoch_start_time = [], time.monotonic()
+            if is_chief:
+                append_metrics(metrics_path, record)
+                logging.info(format_record(record, config.num_epochs))
+        if should_save:
+            checkpointing.save(manager, state)
+    bar.close()
+    manager.wait_until_finished()
+    manager.close()
+    logging.info("Training finished at step %d; checkpoints in %s.", total_steps,
+                 checkpointing.checkpoint_dir(workdir))
+    return state
+
+
+def epoch_record(history: list, step: int, steps_per_epoch: int, start_time: float,
+                 config) -> dict:
+    values = jax.device_get(history)
+    seconds = time.monotonic() - start_time
+    return {"step": step, "epoch": step // steps_per_epoch,
+            "train_loss": float(np.mean([m["loss"] for m in values])),
+            "grad_norm": float(np.mean([m["grad_norm"] for m in values])),
+            "learning_rate": float(values[-1]["learning_rate"]),
+            "images_per_sec": len(values) * config.batch_size / seconds,
+            "epoch_seconds": seconds}
+
+
+def format_record(record: dict, num_epochs: int) -> str:
+    return (f"epoch {record['epoch']}/{num_epochs} step {record['step']}: "
+            f"train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
+            f"val_iou {record['val_pooled_iou']:.4f}  val_dice {record['val_mean_dice']:.4f}  "
+            f"lr {record['learning_rate']:.2e}  {record['images_per_sec']:.1f} img/s")
+
+
+class Restored(NamedTuple):
+    config: ml_collections.ConfigDict
+    model: models.UNet
+    variables: dict  # step -> {'params', 'batch_stats'}
+    snapshot_steps: list
+    final_step: int
+
+
+def restore_variables(workdir: str, steps=None) -> Restored:
+    """Model variables of a workdir's checkpoints, for evaluation and export.
+
+    ``steps`` defaults to the snapshots and the latest (final) checkpoint.
+    Variables live on the first local device.
+    """
+    config = load_config(workdir)
+    model = models.create_model(config.model)
+    mesh = create_mesh(jax.local_devices()[:1])
+    manager = checkpointing.create_manager(workdir, read_only=True)
+    latest = manager.latest_step()
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoints in {checkpointing.checkpoint_dir(workdir)}")
+    snapshot_steps = checkpointing.saved_snapshot_steps(manager)
+    if steps is None:
+        steps = sorted(set(snapshot_steps) | {latest})
+    tx, _ = create_optimizer(config, total_steps=1)
+    abstract = abstract_train_state(config, model, tx, mesh)
+    restored = {}
+    for step in steps:
+        state = checkpointing.restore(manager, step, abstract)
+        restored[step] = {"params": state.params, "batch_stats": state.batch_stats}
+    manager.close()
+    return Restored(config, model, restored, snapshot_steps, latest)
+
