@@ -219,3 +219,23 @@ def load_train_val(data_config):
                          f"{data_config.val_fraction} leave an empty train or validation set")
     return (*preprocess(slices.subset(train_idx), data_config),
             *preprocess(slices.subset(val_idx), data_config))
+
+
+def split_folder(source: str, output: str, test_fraction: float, seed: int) -> dict:
+    """Splits a dataset folder into ``output/train`` and ``output/test`` of symbolic links.
+
+    Deterministic in ``seed``; nothing is copied. Returns {'train': n, 'test': n}.
+    """
+    images = _tiff_names(os.path.join(source, IMAGE_DIR))
+    masks = _tiff_names(os.path.join(source, MASK_DIR))
+    names = sorted(set(images) & set(masks))
+    train_idx, test_idx = split_indices(len(names), test_fraction, seed)
+    for part, indices in (("train", train_idx), ("test", test_idx)):
+        for sub, files in ((IMAGE_DIR, images), (MASK_DIR, masks)):
+            os.makedirs(os.path.join(output, part, sub), exist_ok=True)
+            for i in indices:
+                target = os.path.abspath(files[names[i]])
+                link = os.path.join(output, part, sub, os.path.basename(target))
+                if not os.path.lexists(link):
+                    os.symlink(target, link)
+    return {"train": len(train_idx), "test": len(test_idx)}

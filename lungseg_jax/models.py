@@ -11,7 +11,9 @@ Skeleton (``features=(8, 16, 32, 64)``, as in the study)::
 
 ``block`` is the inception block (four branches, ``4f`` channels out) or a
 single conv3x3(4f). Every conv is 'same' with bias and glorot-normal init and
-is followed by BatchNorm (Keras defaults: momentum 0.99, epsilon 1e-3) and
+is followed by BatchNorm (epsilon 1e-3 as Keras; momentum configurable: Keras'
+0.99 lets the running statistics lag far behind the weights in a short run, so
+evaluation-mode predictions collapse, the study's 0.0-IoU failure) and
 LeakyReLU(0.3).
 
 Speed on XLA's CPU backend: pooling and upsampling are written as reshapes
@@ -57,14 +59,15 @@ class ConvBNAct(nn.Module):
 
     features: int
     kernel: int
+    bn_momentum: float
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
         x = nn.Conv(self.features, (self.kernel, self.kernel), padding="SAME",
                     kernel_init=glorot_normal, dtype=self.dtype)(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
-                         dtype=self.dtype)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                         epsilon=1e-3, dtype=self.dtype)(x)
         return nn.leaky_relu(x, LEAKY_SLOPE)
 
 
@@ -73,11 +76,13 @@ class InceptionBlock(nn.Module):
     1x1->3x3->3x3, 1x1->3x3, 1x1, and stride-1 2x2 max-pool->1x1."""
 
     features: int
+    bn_momentum: float
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
-        cba = functools.partial(ConvBNAct, self.features, dtype=self.dtype)
+        cba = functools.partial(ConvBNAct, self.features, bn_momentum=self.bn_momentum,
+                                dtype=self.dtype)
         a = cba(1)(x, train)
         a = cba(3)(a, train)
         a = cba(3)(a, train)
@@ -92,11 +97,12 @@ class ConvBlock(nn.Module):
     """The conv U-Net's block: one conv3x3 with ``4 * features`` channels."""
 
     features: int
+    bn_momentum: float
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
-        return ConvBNAct(4 * self.features, 3, dtype=self.dtype)(x, train)
+        return ConvBNAct(4 * self.features, 3, self.bn_momentum, dtype=self.dtype)(x, train)
 
 
 BLOCKS = {"inception": InceptionBlock, "conv": ConvBlock}
@@ -111,11 +117,13 @@ class UNet(nn.Module):
 
     block: str
     features: Sequence[int] = (8, 16, 32, 64)
+    bn_momentum: float = 0.9
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
-        block = functools.partial(BLOCKS[self.block], dtype=self.dtype)
+        block = functools.partial(BLOCKS[self.block], bn_momentum=self.bn_momentum,
+                                  dtype=self.dtype)
         x = x.astype(self.dtype)
         skips = []
         for level, f in enumerate(self.features):
@@ -142,6 +150,7 @@ MODELS = {
 
 
 def create_model(model_config) -> UNet:
-    """The model named by ``config.model`` (``name``, ``features``, ``dtype``)."""
+    """The model named by ``config.model`` (``name``, ``features``, ``bn_momentum``, ``dtype``)."""
     return MODELS[model_config.name](features=tuple(model_config.features),
+                                     bn_momentum=model_config.bn_momentum,
                                      dtype=jnp.dtype(model_config.dtype))

@@ -32,7 +32,7 @@ def create_learning_rate_fn(schedule_config, learning_rate: float, total_steps: 
         return optax.cosine_decay_schedule(learning_rate, total_steps)
     if name == "snapshot":
         length = cycle_length(total_steps, schedule_config.num_cycles)
-        cycle = dict(init_value=learning_rate, peak_value=learning_rate, warmup_steps=0,
-                     decay_steps=length, end_value=0.0)
-        return optax.sgdr_schedule([cycle] * schedule_config.num_cycles)
+        cycles = [optax.cosine_decay_schedule(learning_rate, length)] * schedule_config.num_cycles
+        return optax.join_schedules(cycles, [k * length for k in
+                                             range(1, schedule_config.num_cycles)])
     raise ValueError(f"unknown config.schedule.name {name!r}; expected one of {SCHEDULES}")

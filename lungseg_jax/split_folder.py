@@ -1,0 +1,30 @@
+"""Entry point: hold out a test set of a dataset folder, as symbolic links (nothing copied).
+
+    python -m lungseg_jax.split_folder --source DATA --output SPLIT \
+        [--test_fraction 0.1] [--seed 0]
+
+makes SPLIT/train and SPLIT/test in the same layout; train on SPLIT/train
+(which is split again into train/validation) and evaluate on SPLIT/test.
+"""
+
+from absl import app, flags
+
+from lungseg_jax import data
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("source", None, "Folder with 2d_images/ and 2d_masks/.")
+flags.DEFINE_string("output", None, "Where to make train/ and test/.")
+flags.DEFINE_float("test_fraction", 0.1, "Fraction of the slices held out for test.")
+flags.DEFINE_integer("seed", 0, "Seed of the split.")
+flags.mark_flags_as_required(["source", "output"])
+
+
+def main(argv):
+    del argv
+    counts = data.split_folder(FLAGS.source, FLAGS.output, FLAGS.test_fraction, FLAGS.seed)
+    print(f"{FLAGS.output}/train: {counts['train']} slices, {FLAGS.output}/test: "
+          f"{counts['test']} slices")
+
+
+if __name__ == "__main__":
+    app.run(main)
