@@ -136,7 +136,7 @@ def make_train_step(config, mesh: Mesh, steps_per_epoch: int, learning_rate_fn):
 
         (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
         new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-        measurements = {"loss": loss, "grad_norm": optax.global_norm(grads),
+        measurements = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                         "learning_rate": learning_rate_fn(state.step)}
         return new_state, measurements
 
@@ -236,8 +236,10 @@ def truncate_metrics(path: str, last_step: int) -> None:
     if not os.path.exists(path):
         return
     with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
-    write_atomic(path, "".join(lines))
+        lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= last_step]
+    if len(kept) < len(lines):
+        write_atomic(path, "".join(kept))
 
 
 def append_metrics(path: str, record: dict) -> None:

@@ -1,0 +1,36 @@
+"""Test set-up: two forced CPU devices (data-parallel paths), fast-compiling JAX, tiny configs."""
+
+import os
+
+# Must happen before JAX initialises its backends.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=2").strip()
+
+import pytest  # noqa: E402
+
+from lungseg_jax import runtime  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REAL_DATA = os.path.join(REPO, "..", "shared", "data", "finding-lungs-in-ct-data")
+NO_REAL_DATA = ("the real dataset is not at ../shared/data/finding-lungs-in-ct-data "
+                "(only present on the project's development machines)")
+
+runtime.setup_jax()
+
+
+@pytest.fixture
+def tiny_config():
+    """The default config shrunk so a whole run compiles and trains in seconds."""
+    from configs import default
+
+    config = default.get_config()
+    config.model.features = (4, 8)
+    config.data.image_size = 32
+    config.data.synthetic.num_images = 20
+    config.data.synthetic.size = 64
+    config.data.val_fraction = 0.2
+    config.num_epochs = 2
+    config.batch_size = 4
+    config.eval_batch_size = 4
+    config.schedule.num_cycles = 2
+    return config

@@ -1,0 +1,138 @@
+"""Data: phantoms, the folder reader (real data and broken folders), preprocessing, splits."""
+
+import os
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import NO_REAL_DATA, REAL_DATA
+from lungseg_jax import data
+
+
+def test_phantoms_are_deterministic_and_ct_like():
+    a, b = data.synthetic_slices(3, 64, seed=5), data.synthetic_slices(3, 64, seed=5)
+    c = data.synthetic_slices(3, 64, seed=6)
+    for x, y in zip(a.images + a.masks, b.images + b.masks):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.images[0], c.images[0])
+    image, mask = a.images[0], a.masks[0].astype(bool)
+    assert image.dtype == np.int16 and set(np.unique(mask)) <= {0, 1}
+    assert 0.02 < mask.mean() < 0.6
+    assert np.median(image[mask]) < -600  # aerated lung
+    assert np.median(image[~mask]) < np.median(image[mask]) or np.any(image[~mask] > 0)
+    assert image[0, 0] < -900  # air outside the body
+
+
+@pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=NO_REAL_DATA)
+def test_reads_the_real_dataset_folder():
+    slices = data.read_folder(REAL_DATA)
+    assert len(slices) == 240
+    assert all(im.shape == (512, 512) and im.dtype == np.int16 for im in slices.images)
+    assert all(set(np.unique(m)) == {0, 1} for m in slices.masks)
+    assert slices.names == sorted(slices.names)
+
+
+def write_pair(root, name, image, mask):
+    for sub, array in (("2d_images", image), ("2d_masks", mask)):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+        if array is not None:
+            tifffile.imwrite(os.path.join(root, sub, name + ".tif"), array)
+
+
+def good_pair(size=16, value=255):
+    image = np.full((size, size), -800, np.int16)
+    mask = np.zeros((size, size), np.uint8)
+    mask[4:10, 4:10] = value
+    return image, mask
+
+
+def test_reads_masks_encoded_0_255_and_0_1(tmp_path):
+    write_pair(tmp_path, "a", *good_pair(value=255))
+    write_pair(tmp_path, "b", *good_pair(value=1))
+    slices = data.read_folder(str(tmp_path))
+    assert slices.names == ["a", "b"]
+    np.testing.assert_array_equal(slices.masks[0], slices.masks[1])
+    assert slices.masks[0].max() == 1
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("missing_mask", "no partner in 2d_masks"),
+    ("missing_image", "no partner in 2d_images"),
+    ("shape", "mask shape"),
+    ("non_binary", "not binary"),
+    ("unreadable", "cannot read"),
+    ("volume", "expected a 2-D slice"),
+    ("empty_masks", "every mask"),
+    ("no_images", "no .tif images"),
+])
+def test_bad_folders_raise_errors_naming_the_fault(tmp_path, breakage, message):
+    image, mask = good_pair()
+    write_pair(tmp_path, "ok", image, mask)
+    bad = str(tmp_path / "2d_masks" / "bad.tif")
+    if breakage == "missing_mask":
+        write_pair(tmp_path, "bad", image, None)
+    elif breakage == "missing_image":
+        write_pair(tmp_path, "bad", None, mask)
+    elif breakage == "shape":
+        write_pair(tmp_path, "bad", image, mask[:8])
+    elif breakage == "non_binary":
+        write_pair(tmp_path, "bad", image, np.arange(256, dtype=np.uint8).reshape(16, 16))
+    elif breakage == "unreadable":
+        write_pair(tmp_path, "bad", image, mask)
+        with open(bad, "wb") as f:
+            f.write(b"not a tiff")
+    elif breakage == "volume":
+        write_pair(tmp_path, "bad", np.stack([image] * 2), np.stack([mask] * 2))
+    elif breakage == "empty_masks":
+        os.remove(tmp_path / "2d_masks" / "ok.tif")
+        write_pair(tmp_path, "ok", image, np.zeros_like(mask))
+    elif breakage == "no_images":
+        for sub in ("2d_images", "2d_masks"):
+            os.remove(tmp_path / sub / "ok.tif")
+    with pytest.raises(ValueError, match=message) as error:
+        data.read_folder(str(tmp_path))
+    if breakage in ("shape", "unreadable", "non_binary"):
+        assert "bad.tif" in str(error.value)
+
+
+def test_missing_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="2d_images"):
+        data.read_folder(str(tmp_path / "nowhere"))
+
+
+def test_window_maps_hounsfield_range_to_unit_interval():
+    hu = np.array([-2000, -1350, -600, 150, 3000], np.int16)
+    np.testing.assert_allclose(data.window(hu, -1350, 150), [0, 0, 0.5, 1, 1])
+
+
+def test_preprocess_resizes_and_keeps_masks_binary(tiny_config):
+    slices = data.synthetic_slices(3, 64, seed=0)
+    tiny_config.data.channels = 3
+    images, masks = data.preprocess(slices, tiny_config.data)
+    assert images.shape == (3, 32, 32, 3) and masks.shape == (3, 32, 32, 1)
+    assert images.min() >= 0 and images.max() <= 1
+    np.testing.assert_array_equal(images[..., 0], images[..., 2])
+    assert set(np.unique(masks)) <= {0.0, 1.0}
+    # Downsampled masks keep the lung fraction.
+    np.testing.assert_allclose(masks.mean(), np.mean(slices.masks), atol=0.02)
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    train, val = data.split_indices(50, 0.2, seed=3)
+    train2, val2 = data.split_indices(50, 0.2, seed=3)
+    np.testing.assert_array_equal(train, train2)
+    np.testing.assert_array_equal(val, val2)
+    assert len(val) == 10 and not set(train) & set(val)
+    assert sorted(set(train) | set(val)) == list(range(50))
+
+
+def test_split_folder_links_a_disjoint_test_set(tmp_path):
+    source = tmp_path / "source"
+    data.write_folder(str(source), data.synthetic_slices(10, 32, seed=0))
+    counts = data.split_folder(str(source), str(tmp_path / "split"), 0.2, seed=0)
+    assert counts == {"train": 8, "test": 2}
+    train = data.read_folder(str(tmp_path / "split" / "train"))
+    test = data.read_folder(str(tmp_path / "split" / "test"))
+    assert len(train) == 8 and len(test) == 2 and not set(train.names) & set(test.names)
+    assert os.path.islink(tmp_path / "split" / "test" / "2d_images" / (test.names[0] + ".tif"))
