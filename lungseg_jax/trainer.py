@@ -14,6 +14,8 @@ Design:
 
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any, NamedTuple
 
@@ -26,6 +28,7 @@ import optax
 from absl import logging
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from orbax.checkpoint import multihost as ocp_multihost
 
 from lungseg_jax import augment, checkpointing, data, metrics, models, progress, schedules
 from lungseg_jax.validation import check_config, check_mesh
@@ -35,6 +38,15 @@ ADAM_EPS = 1e-7  # Keras' Adam epsilon, as in the study
 
 class TrainState(train_state.TrainState):
     batch_stats: Any
+    # Running (loss, gradient norm) sums of the current epoch: checkpointed, so an
+    # epoch's record is the same whether or not the run was interrupted inside it.
+    epoch_sums: jax.Array
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM (or a multi-host preemption notice) after a checkpoint."""
+
+    EXIT_STATUS = 143  # 128 + SIGTERM, what schedulers expect of a terminated job
 
 
 @flax.struct.dataclass
@@ -81,7 +93,8 @@ def create_train_state(config, model, tx, mesh: Mesh) -> TrainState:
     def init():
         variables = model.init(init_key, jnp.zeros((1, size, size, channels)), train=False)
         return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                                 batch_stats=variables["batch_stats"], tx=tx)
+                                 batch_stats=variables["batch_stats"], tx=tx,
+                                 epoch_sums=jnp.zeros(2))
 
     return jax.jit(init, out_shardings=replicated(mesh))()
 
@@ -135,8 +148,12 @@ def make_train_step(config, mesh: Mesh, steps_per_epoch: int, learning_rate_fn):
             return loss_fn(logits, masks), updates["batch_stats"]
 
         (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
-        new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-        measurements = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+        grad_norm = optax.tree.norm(grads)
+        first_of_epoch = state.step % steps_per_epoch == 0
+        epoch_sums = jnp.where(first_of_epoch, 0.0, state.epoch_sums) + jnp.stack([loss, grad_norm])
+        new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats,
+                                          epoch_sums=epoch_sums)
+        measurements = {"loss": loss, "grad_norm": grad_norm,
                         "learning_rate": learning_rate_fn(state.step)}
         return new_state, measurements
 
@@ -262,8 +279,43 @@ def check_finite(history: list, first_step: int) -> None:
 # ----------------------------------------------------------------------------- main loop
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None):
-    """Trains (or resumes) the configured model in ``workdir``; returns the final state."""
+class PreemptionGuard:
+    """Turns SIGTERM into a clean stop between steps.
+
+    One process: a SIGTERM handler sets a flag. Several processes: JAX's preemption
+    service (``jax.distributed``) agrees on a common step, read through orbax.
+    """
+
+    def __init__(self):
+        self.received = False
+        self.previous = None
+
+    def __enter__(self):
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        logging.warning("SIGTERM received: finishing this step and saving a checkpoint.")
+        self.received = True
+
+    def reached(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            return ocp_multihost.reached_preemption(step)
+        return self.received
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None,
+                       on_epoch_end=None):
+    """Trains (or resumes) the configured model in ``workdir``; returns the final state.
+
+    ``on_epoch_end(record)``, if given, is called on the chief with each epoch's record.
+    """
     check_config(config)
     mesh = create_mesh(devices)
     check_mesh(config, mesh.size)
@@ -315,26 +367,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     bar = progress.Progress(total_steps, start, config.batch_size, enabled=None if is_chief
                             else False)
     history, epoch_start_time = [], time.monotonic()
-    for step in range(start, total_steps):
-        state, measurements = train_step(state, train_data)
-        history.append(measurements)
-        done = step + 1
-        if bar.due():
-            bar.draw(done, float(measurements["loss"]))
-        at_epoch_end = done % steps_per_epoch == 0
-        should_save = done % checkpoint_every == 0 or done in snapshot_steps or done == total_steps
-        if at_epoch_end or should_save:
-            check_finite(history, first_step=done - len(history))
-        if at_epoch_end:
-            record = epoch_record(history, done, steps_per_epoch, epoch_start_time, config)
-            record.update({f"val_{k}": v for k, v in evaluate_arrays(
-                eval_step, state, val_images, val_masks, config.eval_batch_size, mesh).items()})
-            history, epoch_start_time = [], time.monotonic()
-            if is_chief:
-                append_metrics(metrics_path, record)
-                logging.info(format_record(record, config.num_epochs))
-        if should_save:
-            checkpointing.save(manager, state)
+    with PreemptionGuard() as preemption:
+        for step in range(start, total_steps):
+            state, measurements = train_step(state, train_data)
+            history.append(measurements)
+            done = step + 1
+            if bar.due():
+                bar.draw(done, float(measurements["loss"]))
+            at_epoch_end = done % steps_per_epoch == 0
+            should_save = (done % checkpoint_every == 0 or done in snapshot_steps
+                           or done == total_steps)
+            stop = preemption.reached(done)
+            if at_epoch_end or should_save or stop:
+                check_finite(history, first_step=done - len(history))
+            if at_epoch_end:
+                record = epoch_record(state, history, steps_per_epoch, epoch_start_time, config)
+                record.update({f"val_{k}": v for k, v in evaluate_arrays(
+                    eval_step, state, val_images, val_masks, config.eval_batch_size,
+                    mesh).items()})
+                history, epoch_start_time = [], time.monotonic()
+                if is_chief:
+                    append_metrics(metrics_path, record)
+                    if on_epoch_end is not None:
+                        on_epoch_end(record)
+                    logging.info(format_record(record, config.num_epochs))
+            if should_save or stop:
+                checkpointing.save(manager, state)
+            if stop:
+                bar.close()
+                manager.wait_until_finished()
+                manager.close()
+                raise Preempted(f"stopped at step {done} on SIGTERM; checkpoint saved in "
+                                f"{checkpointing.checkpoint_dir(workdir)}; re-run to resume")
     bar.close()
     manager.wait_until_finished()
     manager.close()
@@ -343,15 +407,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     return state
 
 
-def epoch_record(history: list, step: int, steps_per_epoch: int, start_time: float,
+def epoch_record(state: TrainState, history: list, steps_per_epoch: int, start_time: float,
                  config) -> dict:
-    values = jax.device_get(history)
+    """The epoch's metrics; the means come from the state's (checkpointed) epoch sums."""
+    step = int(state.step)
+    loss_sum, grad_norm_sum = jax.device_get(state.epoch_sums)
     seconds = time.monotonic() - start_time
     return {"step": step, "epoch": step // steps_per_epoch,
-            "train_loss": float(np.mean([m["loss"] for m in values])),
-            "grad_norm": float(np.mean([m["grad_norm"] for m in values])),
-            "learning_rate": float(values[-1]["learning_rate"]),
-            "images_per_sec": len(values) * config.batch_size / seconds,
+            "train_loss": float(loss_sum / steps_per_epoch),
+            "grad_norm": float(grad_norm_sum / steps_per_epoch),
+            "learning_rate": float(jax.device_get(history[-1]["learning_rate"])),
+            "images_per_sec": len(history) * config.batch_size / seconds,
             "epoch_seconds": seconds}
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -65,6 +66,25 @@ def test_crash_then_resume_matches_uninterrupted_run(finished_run, tmp_path, mon
     assert deterministic(read_metrics(workdir)) == deterministic(read_metrics(reference_dir))
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params),
                  jax.device_get(reference.params))
+
+
+def test_sigterm_saves_mid_epoch_and_resume_matches(finished_run, tmp_path, monkeypatch):
+    config, reference_dir, _ = finished_run
+    workdir = str(tmp_path)
+    real_append = trainer.append_metrics
+
+    def append_then_sigterm(path, record):
+        real_append(path, record)
+        os.kill(os.getpid(), signal.SIGTERM)  # seen by the loop at the next step
+
+    monkeypatch.setattr(trainer, "append_metrics", append_then_sigterm)
+    with pytest.raises(trainer.Preempted, match="step 5"):
+        trainer.train_and_evaluate(config, workdir)
+    assert checkpointing.create_manager(workdir, read_only=True).latest_step() == 5
+    monkeypatch.setattr(trainer, "append_metrics", real_append)
+    trainer.train_and_evaluate(config, workdir)
+    # Epoch 2 straddles the stop; its record still equals the uninterrupted one.
+    assert deterministic(read_metrics(workdir)) == deterministic(read_metrics(reference_dir))
 
 
 def test_finished_run_returns_at_once(finished_run, caplog):
