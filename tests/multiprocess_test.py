@@ -1,0 +1,126 @@
+"""Multi-process training: two processes (one CPU device each, over 127.0.0.1) vs one with two."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from lungseg_jax import checkpointing, data, distributed, trainer
+
+TINY = ["--config.model.features=(4,8)", "--config.data.image_size=32",
+        "--config.data.synthetic.num_images=20", "--config.data.synthetic.size=64",
+        "--config.data.val_fraction=0.2", "--config.num_epochs=2", "--config.eval_batch_size=4"]
+TIMEOUT_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_env(num_devices: int) -> dict:
+    """The environment of a CPU-only child process with ``num_devices`` devices."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    env["JAX_PLATFORMS"] = "cpu"
+    if num_devices > 1:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+    return env
+
+
+def train_command(workdir, *flags):
+    return [sys.executable, "-m", "lungseg_jax.train", "--config", "configs/default.py",
+            f"--workdir={workdir}", *TINY, *flags]
+
+
+def run_processes(commands, env, log_prefix):
+    """Runs ``commands`` concurrently; returns their logs. All are killed on failure or timeout."""
+    logs = [log_prefix.with_name(f"{log_prefix.name}{i}.log") for i in range(len(commands))]
+    procs = []
+    try:
+        for command, log in zip(commands, logs):
+            with open(log, "w") as out:
+                procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=out,
+                                              stderr=subprocess.STDOUT))
+        for proc, log in zip(procs, logs):
+            rc = proc.wait(timeout=TIMEOUT_S)
+            assert rc == 0, f"{log.name} exited {rc}:\n{log.read_text()[-3000:]}"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return [log.read_text() for log in logs]
+
+
+def deterministic_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if k not in ("images_per_sec", "epoch_seconds")}
+            for r in records]
+
+
+def final_predictions(workdir):
+    """Probabilities of the final weights on the run's own validation images."""
+    restored = trainer.restore_variables(workdir)
+    _, _, val_images, _ = data.load_train_val(restored.config.data)
+    logits = restored.model.apply(restored.variables[restored.final_step], val_images,
+                                  train=False)
+    return restored.final_step, 1.0 / (1.0 + np.exp(-np.asarray(logits)))
+
+
+def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
+    multi, single = tmp_path / "two_processes", tmp_path / "one_process"
+    address = f"127.0.0.1:{free_port()}"
+    logs = run_processes(
+        [train_command(multi, f"--coordinator_address={address}", "--num_processes=2",
+                       f"--process_id={i}") for i in range(2)],
+        cpu_env(1), tmp_path / "two_processes_")
+    for i, log in enumerate(logs):
+        assert f"Process {i} of 2; 1 local / 2 global devices." in log
+        assert "mesh {'data': 2}" in log
+    # Only process 0 logs epochs and writes the metrics file (once per epoch, not per process).
+    assert "epoch 2/2" in logs[0] and "epoch 2/2" not in logs[1]
+    run_processes([train_command(single)], cpu_env(2), tmp_path / "one_process_")
+
+    a, b = deterministic_metrics(multi), deterministic_metrics(single)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [4, 8]
+    for ra, rb in zip(a, b):
+        for key in ("train_loss", "grad_norm", "learning_rate", "val_loss"):
+            np.testing.assert_allclose(ra[key], rb[key], rtol=1e-5, err_msg=key)
+        for key in ("val_pooled_iou", "val_mean_iou", "val_mean_dice"):
+            np.testing.assert_allclose(ra[key], rb[key], atol=5e-3, err_msg=key)
+    # Both processes saved through orbax: every checkpoint is complete and restorable.
+    manager = checkpointing.create_manager(str(multi), read_only=True)
+    assert checkpointing.saved_snapshot_steps(manager) == [4, 8]
+    (step_a, probs_a), (step_b, probs_b) = final_predictions(multi), final_predictions(single)
+    assert step_a == step_b == 8
+    np.testing.assert_allclose(probs_a, probs_b, atol=1e-4)
+
+
+@pytest.mark.parametrize("settings, environ, expected", [
+    ({}, {}, False),
+    ({"num_processes": 1}, {"SLURM_NTASKS": "4"}, False),
+    ({"num_processes": 2}, {}, True),
+    ({"coordinator_address": "10.0.0.2:1234"}, {}, True),
+    ({"multihost": True}, {}, True),
+    ({}, {"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234"}, True),
+    ({}, {"SLURM_NTASKS": "1"}, False),
+    ({}, {"SLURM_NTASKS": "2"}, True),
+    ({}, {"OMPI_COMM_WORLD_SIZE": "8"}, True),
+    ({}, {"TPU_WORKER_HOSTNAMES": "localhost"}, False),
+    ({}, {"TPU_WORKER_HOSTNAMES": "t1-w-0,t1-w-1"}, True),
+])
+def test_distributed_initialize_only_when_several_processes_are_asked_for(settings, environ,
+                                                                          expected):
+    assert distributed.wanted(**settings, environ=environ) is expected
+
+
+def test_invalid_process_count_is_named():
+    with pytest.raises(ValueError, match="--num_processes=0"):
+        distributed.wanted(num_processes=0, environ={})
