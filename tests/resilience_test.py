@@ -1,0 +1,157 @@
+"""Preemption and divergence of real ``python -m lungseg_jax.train`` runs.
+
+SIGKILL at random points then restarts, and SIGTERM then a restart, must finish
+bit-identical to an uninterrupted run; a diverging run must stop naming the step
+and leave the last finite checkpoint as the latest.
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO
+from lungseg_jax import checkpointing, trainer
+
+# The conv U-Net: fewer arrays than the inception one, so a checkpoint every step stays cheap.
+TINY = ["--config.model.name=conv_unet", "--config.model.features=(4,8)",
+        "--config.data.image_size=32", "--config.data.synthetic.num_images=20",
+        "--config.data.synthetic.size=64", "--config.data.val_fraction=0.2",
+        "--config.num_epochs=2", "--config.eval_batch_size=4", "--config.checkpoint.every_steps=1"]
+TOTAL_STEPS = 8  # 2 epochs x 4 steps
+TIMEOUT_S = 240
+
+
+def train_command(workdir, *overrides):
+    return [sys.executable, "-m", "lungseg_jax.train", "--config", "configs/default.py",
+            f"--workdir={workdir}", *TINY, *overrides]
+
+
+def run(workdir, *overrides):
+    """A whole run to its end: (exit status, output)."""
+    proc = subprocess.run(train_command(workdir, *overrides), cwd=REPO, capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def saved_steps(workdir) -> list:
+    """Steps of the finished checkpoints (orbax renames a checkpoint into place when complete)."""
+    directory = checkpointing.checkpoint_dir(str(workdir))
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def interrupt(workdir, signum, after_step: int, extra_delay: float):
+    """Starts a run and sends ``signum`` once checkpoint ``after_step`` exists (plus a delay).
+
+    Returns (exit status, output, the latest finished checkpoint seen before the signal).
+    """
+    log = workdir.with_name(f"{workdir.name}.log")
+    with open(log, "w") as out:
+        proc = subprocess.Popen(train_command(workdir), cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while max(saved_steps(workdir), default=0) < after_step:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"run ended ({proc.poll()}) or stalled before checkpoint "
+                            f"{after_step}:\n{log.read_text()[-3000:]}")
+            time.sleep(0.02)
+        time.sleep(extra_delay)
+        seen = max(saved_steps(workdir))
+        proc.send_signal(signum)
+        proc.wait(timeout=TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, log.read_text(), seen
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if k not in ("images_per_sec", "epoch_seconds")}
+            for r in records]
+
+
+def final_variables(workdir):
+    restored = trainer.restore_variables(str(workdir))
+    assert restored.final_step == TOTAL_STEPS
+    return jax.device_get(restored.variables[restored.final_step])
+
+
+def assert_bit_identical(workdir, reference_dir):
+    assert read_metrics(workdir) == read_metrics(reference_dir)
+    jax.tree.map(np.testing.assert_array_equal, final_variables(workdir),
+                 final_variables(reference_dir))
+
+
+@pytest.fixture(scope="module")
+def reference_dir(tmp_path_factory):
+    """An uninterrupted run."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    status, output = run(workdir)
+    assert status == 0, output[-3000:]
+    assert [r["step"] for r in read_metrics(workdir)] == [4, 8]
+    return workdir
+
+
+def test_sigkill_at_random_points_then_resume_is_bit_identical(reference_dir, tmp_path):
+    rng = random.Random()
+    seed = rng.randrange(2**32)
+    rng.seed(seed)
+    workdir = tmp_path / "killed"
+    progress = 0
+    for window in ((1, 2), (3, 4), (5, 6)):  # one kill in each third of the run
+        target = max(rng.randint(*window), progress + 1)
+        status, output, seen = interrupt(workdir, signal.SIGKILL, target, rng.uniform(0, 0.2))
+        assert status == -signal.SIGKILL, f"seed {seed}: {output[-2000:]}"
+        if progress:  # the run resumed from the newest checkpoint: no finished step lost
+            assert f"Resumed from the checkpoint at step {progress}." in output, f"seed {seed}"
+        progress = max(saved_steps(workdir))
+        assert progress >= seen, f"seed {seed}: checkpoint {seen} lost after SIGKILL"
+    status, output = run(workdir)
+    assert status == 0, f"seed {seed}: {output[-3000:]}"
+    assert f"Resumed from the checkpoint at step {progress}." in output
+    assert_bit_identical(workdir, reference_dir)
+
+
+def test_sigterm_saves_exits_143_and_resumes_bit_identically(reference_dir, tmp_path):
+    workdir = tmp_path / "terminated"
+    status, output, seen = interrupt(workdir, signal.SIGTERM, 3, 0.0)
+    assert status == 143, output[-3000:]
+    stopped = max(saved_steps(workdir))
+    assert seen <= stopped < TOTAL_STEPS
+    assert f"stopped at step {stopped} on SIGTERM" in output
+    status, output = run(workdir)
+    assert status == 0, output[-3000:]
+    assert f"Resumed from the checkpoint at step {stopped}." in output
+    assert_bit_identical(workdir, reference_dir)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "trainer bug, reported to the lead: on FloatingPointError the async save of the last finite "
+    "step is abandoned (left as N.orbax-checkpoint-tmp); the loop must call "
+    "manager.wait_until_finished() before re-raising. Remove this mark with the fix."))
+def test_diverging_run_stops_naming_the_step_and_keeps_the_last_finite_checkpoint(tmp_path):
+    workdir = tmp_path / "diverged"
+    status, output = run(workdir, "--config.learning_rate=1e30",
+                         "--config.schedule.name=constant")
+    assert status == 1, output[-3000:]
+    assert "FloatingPointError: non-finite loss" in output
+    bad_step = int(output.split("FloatingPointError")[-1].split(" at step ")[1].split(";")[0])
+    assert 1 < bad_step <= TOTAL_STEPS
+    assert saved_steps(workdir)[-1] == bad_step - 1
+    restored = trainer.restore_variables(str(workdir))
+    assert restored.final_step == bad_step - 1
+    for leaf in jax.tree.leaves(jax.device_get(restored.variables[bad_step - 1])):
+        assert np.all(np.isfinite(leaf))
