@@ -1,0 +1,189 @@
+"""Benchmark of the trainer's own jitted train step (the one ``train`` runs).
+
+    python -m lungseg_jax.bench --model incp_unet --image_size 128 --batch_size 4 \
+        [--dtype float32] [--steps 20] [--config configs/default.py --config.x=y]
+
+Prints one JSON line per case and then a table:
+* ``"case": "train_step"``: cold compile time (empty persistent cache), compile time
+  from the persistent cache, images/s (median step after warm-up, each step timed
+  with ``block_until_ready``), achieved GFLOP/s from the analytical FLOP count
+  (3x the forward convolutions, the peer's convention), XLA's own FLOP count, and
+  memory (XLA's buffer plan and the process' peak resident set).
+* ``"case": "input_path"``: images/s of drawing and augmenting batches alone.
+"""
+
+import json
+import os
+import resource
+import statistics
+import tempfile
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from lungseg_jax import augment, models, runtime, trainer
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "default.py")
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Base training config.",
+                                lock_config=True)
+flags.DEFINE_enum("model", "incp_unet", sorted(models.MODELS), "Model to benchmark.")
+flags.DEFINE_integer("image_size", 128, "Square image size.")
+flags.DEFINE_integer("batch_size", 4, "Global batch size.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+flags.DEFINE_integer("channels", 3, "Input channels (3 as the peer benchmark).")
+flags.DEFINE_integer("steps", 20, "Timed steps.")
+flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+flags.DEFINE_integer("num_images", 32, "Resident training images to draw batches from.")
+
+
+def forward_conv_flops(model: models.UNet, image_size: int, channels: int) -> int:
+    """2 x multiply-adds of every convolution of one forward pass of one image."""
+    def block_convs(cin, f):
+        if model.block == "conv":
+            return [(3, cin, 4 * f)]
+        return [(1, cin, f), (3, f, f), (3, f, f), (1, cin, f), (3, f, f), (1, cin, f),
+                (1, cin, f)]
+
+    features, plan, skips = tuple(model.features), [], []
+    c, scale = channels, 1
+    for level, f in enumerate(features):
+        plan.append((scale, block_convs(c, f)))
+        c = 4 * f
+        if level == 0:
+            skips.append(c)
+        scale *= 2
+        if level < len(features) - 1:
+            skips.append(c)
+    plan.append((scale, block_convs(c, features[-1])))
+    c = 4 * features[-1]
+    for f in reversed(features[:-1]):
+        scale //= 2
+        plan.append((scale, block_convs(c + skips.pop(), f)))
+        c = 4 * f
+    plan.append((1, [(3, c + skips.pop(), 1)]))
+    return 2 * sum((image_size // s) ** 2 * k * k * cin * cout
+                   for s, convs in plan for k, cin, cout in convs)
+
+
+def bench_config():
+    config = FLAGS.config.copy_and_resolve_references()
+    with config.unlocked():
+        config.model.name = FLAGS.model
+        config.model.dtype = FLAGS.dtype
+        config.data.image_size = FLAGS.image_size
+        config.data.channels = FLAGS.channels
+        config.batch_size = FLAGS.batch_size
+    return config
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def median_seconds(run_once, steps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        run_once()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        run_once()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_benchmark(config, steps: int, warmup: int, num_images: int) -> list:
+    """The two cases' result dicts (see module docstring)."""
+    mesh = trainer.create_mesh()
+    rng = np.random.default_rng(0)
+    size, channels, batch = config.data.image_size, config.data.channels, config.batch_size
+    images = rng.random((num_images, size, size, channels), dtype=np.float32)
+    masks = (rng.random((num_images, size, size, 1)) > 0.5).astype(np.float32)
+    data = trainer.put_replicated(trainer.DeviceData(images, masks), mesh)
+    steps_per_epoch = num_images // batch
+    model = models.create_model(config.model)
+    tx, learning_rate_fn = trainer.create_optimizer(config, total_steps=10_000)
+    state = trainer.create_train_state(config, model, tx, mesh)
+    train_step = trainer.make_train_step(config, mesh, steps_per_epoch, learning_rate_fn)
+
+    lowered = train_step.lower(state, data)
+    compiled, cold_s = timed(lowered.compile)
+    jax.clear_caches()
+    _, cached_s = timed(train_step.lower(state, data).compile)
+    memory = compiled.memory_analysis()
+    xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+
+    def one_step():
+        nonlocal state
+        state, measurements = compiled(state, data)
+        jax.block_until_ready(measurements)
+
+    step_s = median_seconds(one_step, steps, warmup)
+    flops = 3 * forward_conv_flops(model, size, channels) * batch
+    common = {"model": config.model.name, "image_size": size, "batch_size": batch,
+              "dtype": config.model.dtype, "devices": mesh.size,
+              "platform": jax.devices()[0].platform, "jax": jax.__version__}
+    train = {"case": "train_step", **common, "images_per_sec": round(batch / step_s, 3),
+             "step_ms_median": round(1e3 * step_s, 2),
+             "compile_cold_s": round(cold_s, 2), "compile_cached_s": round(cached_s, 2),
+             "analytical_gflop_per_step": round(flops / 1e9, 3),
+             "achieved_gflop_per_s": round(flops / step_s / 1e9, 2),
+             "xla_gflop_per_step": round(xla_flops / 1e9, 3),
+             "xla_buffer_mb": round((memory.temp_size_in_bytes + memory.argument_size_in_bytes
+                                     + memory.output_size_in_bytes) / 2**20, 1),
+             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+    aug_key = trainer.rng_streams(config.seed)[2]
+
+    @jax.jit
+    def input_path(step):
+        drawn = trainer.draw_batch(data, step, seed=config.seed, batch_size=batch,
+                                   steps_per_epoch=steps_per_epoch)
+        return augment.augment(jax.random.fold_in(aug_key, step), *drawn, config.augment)
+
+    counter = iter(range(10**9))
+    input_s = median_seconds(lambda: jax.block_until_ready(input_path(next(counter))),
+                             steps, warmup + 1)
+    inputs = {"case": "input_path", **common, "images_per_sec": round(batch / input_s, 1),
+              "ratio_to_train_step": round(step_s / input_s, 1)}
+    return [train, inputs]
+
+
+def format_table(results: list) -> str:
+    train, inputs = results
+    rows = [("model", f"{train['model']} {train['image_size']}x{train['image_size']} "
+                      f"batch {train['batch_size']} {train['dtype']} on {train['devices']} "
+                      f"{train['platform']} device(s)"),
+            ("train step", f"{train['images_per_sec']:.2f} img/s "
+                           f"(median {train['step_ms_median']:.1f} ms)"),
+            ("achieved", f"{train['achieved_gflop_per_s']:.1f} GFLOP/s "
+                         f"({train['analytical_gflop_per_step']:.2f} GFLOP/step analytical, "
+                         f"{train['xla_gflop_per_step']:.2f} by XLA)"),
+            ("compile", f"{train['compile_cold_s']:.1f} s cold, "
+                        f"{train['compile_cached_s']:.2f} s from the persistent cache"),
+            ("memory", f"XLA buffers {train['xla_buffer_mb']:.0f} MB, "
+                       f"process peak RSS {train['peak_rss_mb']:.0f} MB"),
+            ("input path", f"{inputs['images_per_sec']:.1f} img/s "
+                           f"({inputs['ratio_to_train_step']:.0f}x the step's consumption)")]
+    return "\n".join(f"{name:<12} {value}" for name, value in rows)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    with tempfile.TemporaryDirectory() as cache_dir:
+        runtime.setup_jax(cache_dir)  # empty cache: the first compile is a cold one
+        results = run_benchmark(bench_config(), FLAGS.steps, FLAGS.warmup, FLAGS.num_images)
+    for result in results:
+        print(json.dumps(result), flush=True)
+    print(format_table(results), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,38 @@
+"""The benchmark: its analytical FLOP count, and one tiny run of both cases."""
+
+import os
+import sys
+
+import pytest
+
+from conftest import REPO
+from lungseg_jax import bench, models
+
+PEERS = os.path.join(REPO, "..", "shared", "peers")
+
+
+def test_flop_count_by_hand_for_a_one_level_conv_unet():
+    model = models.UNet(block="conv", features=(2,))
+    # block(2): 3x3, 1->8 at 8x8; bottleneck 3x3, 8->8 at 4x4; head 3x3, (8+8)->1 at 8x8.
+    expected = 2 * (64 * 9 * 1 * 8 + 16 * 9 * 8 * 8 + 64 * 9 * 16 * 1)
+    assert bench.forward_conv_flops(model, 8, 1) == expected
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(PEERS, "unet_spec.py")),
+                    reason="the peer's unet_spec.py is not at ../shared/peers")
+@pytest.mark.parametrize("name, peer", [("incp_unet", "incp"), ("conv_unet", "conv")])
+def test_flop_count_matches_the_peer_spec(name, peer):
+    sys.path.insert(0, PEERS)
+    import unet_spec
+    for size in (128, 512):
+        assert bench.forward_conv_flops(models.MODELS[name](), size, 3) == \
+            unet_spec.forward_flops(peer, size)
+
+
+def test_tiny_benchmark_reports_both_cases(tiny_config):
+    train, inputs = bench.run_benchmark(tiny_config, steps=2, warmup=1, num_images=8)
+    assert train["case"] == "train_step" and inputs["case"] == "input_path"
+    assert train["images_per_sec"] > 0 and inputs["images_per_sec"] > 0
+    assert train["compile_cold_s"] > 0 and train["compile_cached_s"] > 0
+    assert train["achieved_gflop_per_s"] > 0 and train["xla_gflop_per_step"] > 0
+    assert "img/s" in bench.format_table([train, inputs])
