@@ -367,41 +367,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     bar = progress.Progress(total_steps, start, config.batch_size, enabled=None if is_chief
                             else False)
     history, epoch_start_time = [], time.monotonic()
-    with PreemptionGuard() as preemption:
-        for step in range(start, total_steps):
-            state, measurements = train_step(state, train_data)
-            history.append(measurements)
-            done = step + 1
-            if bar.due():
-                bar.draw(done, float(measurements["loss"]))
-            at_epoch_end = done % steps_per_epoch == 0
-            should_save = (done % checkpoint_every == 0 or done in snapshot_steps
-                           or done == total_steps)
-            stop = preemption.reached(done)
-            if at_epoch_end or should_save or stop:
-                check_finite(history, first_step=done - len(history))
-            if at_epoch_end:
-                record = epoch_record(state, history, steps_per_epoch, epoch_start_time, config)
-                record.update({f"val_{k}": v for k, v in evaluate_arrays(
-                    eval_step, state, val_images, val_masks, config.eval_batch_size,
-                    mesh).items()})
-                history, epoch_start_time = [], time.monotonic()
-                if is_chief:
-                    append_metrics(metrics_path, record)
-                    if on_epoch_end is not None:
-                        on_epoch_end(record)
-                    logging.info(format_record(record, config.num_epochs))
-            if should_save or stop:
-                checkpointing.save(manager, state)
-            if stop:
-                bar.close()
-                manager.wait_until_finished()
-                manager.close()
-                raise Preempted(f"stopped at step {done} on SIGTERM; checkpoint saved in "
-                                f"{checkpointing.checkpoint_dir(workdir)}; re-run to resume")
-    bar.close()
-    manager.wait_until_finished()
-    manager.close()
+    try:
+        with PreemptionGuard() as preemption:
+            for step in range(start, total_steps):
+                state, measurements = train_step(state, train_data)
+                history.append(measurements)
+                done = step + 1
+                if bar.due():
+                    bar.draw(done, float(measurements["loss"]))
+                at_epoch_end = done % steps_per_epoch == 0
+                should_save = (done % checkpoint_every == 0 or done in snapshot_steps
+                               or done == total_steps)
+                stop = preemption.reached(done)
+                if at_epoch_end or should_save or stop:
+                    check_finite(history, first_step=done - len(history))
+                if at_epoch_end:
+                    record = epoch_record(state, history, steps_per_epoch, epoch_start_time,
+                                          config)
+                    record.update({f"val_{k}": v for k, v in evaluate_arrays(
+                        eval_step, state, val_images, val_masks, config.eval_batch_size,
+                        mesh).items()})
+                    history, epoch_start_time = [], time.monotonic()
+                    if is_chief:
+                        append_metrics(metrics_path, record)
+                        if on_epoch_end is not None:
+                            on_epoch_end(record)
+                        logging.info(format_record(record, config.num_epochs))
+                if should_save or stop:
+                    checkpointing.save(manager, state)
+                if stop:
+                    raise Preempted(f"stopped at step {done} on SIGTERM; checkpoint saved in "
+                                    f"{checkpointing.checkpoint_dir(workdir)}; re-run to resume")
+    finally:  # also on errors: let a save in flight complete, it is the last good state
+        bar.close()
+        manager.wait_until_finished()
+        manager.close()
     logging.info("Training finished at step %d; checkpoints in %s.", total_steps,
                  checkpointing.checkpoint_dir(workdir))
     return state

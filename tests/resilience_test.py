@@ -138,10 +138,6 @@ def test_sigterm_saves_exits_143_and_resumes_bit_identically(reference_dir, tmp_
     assert_bit_identical(workdir, reference_dir)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "trainer bug, reported to the lead: on FloatingPointError the async save of the last finite "
-    "step is abandoned (left as N.orbax-checkpoint-tmp); the loop must call "
-    "manager.wait_until_finished() before re-raising. Remove this mark with the fix."))
 def test_diverging_run_stops_naming_the_step_and_keeps_the_last_finite_checkpoint(tmp_path):
     workdir = tmp_path / "diverged"
     status, output = run(workdir, "--config.learning_rate=1e30",
