@@ -74,4 +74,11 @@ def get_config():
     config.checkpoint.every_steps = 0
     # Regular checkpoints kept for resume (snapshots are kept forever on top).
     config.checkpoint.keep_latest = 2
+
+    config.tracking = ml_collections.ConfigDict()
+    # Log params, per-epoch metrics, artifacts and the exported model to MLflow
+    # (pip install -e ".[mlflow]"); the store is $MLFLOW_TRACKING_URI or WORKDIR/mlflow.db.
+    config.tracking.mlflow = False
+    # MLflow experiment of new runs (a resumed run stays in its own; `mlflow run` picks its own).
+    config.tracking.experiment = "lungseg_jax"
     return config

@@ -28,15 +28,16 @@ class Progress:
         """True when a redraw is due (callers fetch the loss only then)."""
         return self.enabled and time.monotonic() - self.last_draw >= self.interval
 
-    def draw(self, step: int, loss: float) -> None:
+    def draw(self, step: int, loss: float | None = None) -> None:
         now = time.monotonic()
         self.last_draw = now
         done = step - self.start
         rate = done / max(now - self.started, 1e-9)
         eta = (self.total - step) / rate if rate > 0 else 0.0
         filled = int(30 * step / max(self.total, 1))
+        loss_text = "" if loss is None else f"loss {loss:.4f}  "
         self.stream.write(f"\rstep {step}/{self.total} [{'#' * filled}{'.' * (30 - filled)}] "
-                          f"loss {loss:.4f}  {rate * self.images_per_step:.1f} img/s  "
+                          f"{loss_text}{rate * self.images_per_step:.1f} img/s  "
                           f"ETA {format_seconds(eta)} ")
         self.stream.flush()
 

@@ -1,0 +1,158 @@
+"""Predict CLI and library: slices (TIFF, PNG, NPY), a NIfTI volume of known lung volume, bad inputs.
+
+The model here is an export of a known function (lung = darker than -600 HU), so the
+expected masks are exact and the checks test the pipeline: reading, windowing,
+resizing in and out, batching, geometry, measurements and writing.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import jax
+import jax.numpy as jnp
+import nibabel
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import REPO
+from lungseg_jax import data, export, exported, predict
+
+HU_WINDOW = (-1350.0, 150.0)
+SIZE = 32
+
+
+def below(hu_cutoff):
+    """Probability of 'lung' for windowed inputs: a steep sigmoid below ``hu_cutoff``."""
+    cutoff = (hu_cutoff - HU_WINDOW[0]) / (HU_WINDOW[1] - HU_WINDOW[0])
+    return lambda images: jax.nn.sigmoid(200.0 * (cutoff - images[..., 0]))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("export"))
+    export.write_export(out, {1: below(-650.0), 2: below(-550.0)}, (SIZE, SIZE, 1),
+                        {"hu_min": HU_WINDOW[0], "hu_max": HU_WINDOW[1], "threshold": 0.5},
+                        platforms=("cpu",))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return exported.ExportedModel(model_dir)
+
+
+def lungs_2d(height, width):
+    """A body (40 HU) filling the slice with two elliptic lungs (-850 HU); (HU, mask)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    mask = np.zeros((height, width), bool)
+    for cx in (0.3 * width, 0.7 * width):
+        mask |= ((yy - height / 2) / (0.35 * height)) ** 2 + ((xx - cx) / (0.15 * width)) ** 2 <= 1
+    image = np.where(mask, -850.0, 40.0) + np.random.default_rng(0).normal(0, 10, mask.shape)
+    return image.astype(np.int16), mask
+
+
+def iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+def test_slices_in_each_format_give_masks_in_that_format(model, tmp_path):
+    image, truth = lungs_2d(90, 70)
+    tifffile.imwrite(tmp_path / "a.tif", image, resolution=(10 / 0.6, 10 / 0.6),
+                     resolutionunit="CENTIMETER")
+    np.save(tmp_path / "b.npy", image)
+    cv2.imwrite(str(tmp_path / "c.png"),
+                np.rint(data.window(image, *HU_WINDOW) * 255).astype(np.uint8))
+    out = tmp_path / "out"
+    results = {name: predict.predict_file(model, str(tmp_path / name), str(out), batch_size=4)
+               for name in ("a.tif", "b.npy", "c.png")}
+    masks = {"a.tif": tifffile.imread(out / "a_mask.tif") > 0,
+             "b.npy": np.load(out / "b_mask.npy").astype(bool),
+             "c.png": cv2.imread(str(out / "c_mask.png"), cv2.IMREAD_UNCHANGED) > 0}
+    for name, mask in masks.items():
+        assert mask.shape == truth.shape, name
+        assert iou(mask, truth) > 0.9, name
+        assert results[name]["lung_pixels"] == mask.sum()
+    np.testing.assert_array_equal(masks["a.tif"], masks["b.npy"])  # same HU values
+    assert set(np.unique(tifffile.imread(out / "a_mask.tif"))) == {0, 255}
+    # Spacing: from the TIFF's resolution tags (cm), and written back with the mask.
+    assert results["a.tif"]["pixel_spacing_mm"] == pytest.approx((0.6, 0.6))
+    assert results["a.tif"]["lung_area_mm2"] == pytest.approx(masks["a.tif"].sum() * 0.36)
+    assert results["b.npy"]["lung_area_mm2"] is None
+    assert predict.read_scan(str(out / "a_mask.tif"), HU_WINDOW).spacing_mm == \
+        pytest.approx((0.6, 0.6))
+    with open(out / "a.json") as f:
+        assert json.load(f)["lung_pixels"] == results["a.tif"]["lung_pixels"]
+
+
+def test_nifti_volume_of_known_lung_volume(model, tmp_path):
+    shape, zooms = (44, 52, 9), (0.8, 0.7, 2.5)  # (x, y, z) voxels, mm
+    x, y, z = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    truth = np.zeros(shape, bool)
+    for cx in (0.3 * shape[0], 0.7 * shape[0]):
+        truth |= (((x - cx) / (0.16 * shape[0])) ** 2 + ((y - shape[1] / 2) / (0.35 * shape[1])) ** 2
+                  + ((z - 4) / 5.0) ** 2) <= 1
+    hu = np.where(truth, -850, 40).astype(np.int16)
+    affine = np.diag([*zooms, 1.0])
+    nibabel.save(nibabel.Nifti1Image(hu, affine), tmp_path / "ct.nii.gz")
+    result = predict.predict_file(model, str(tmp_path / "ct.nii.gz"), str(tmp_path / "out"),
+                                  batch_size=4, uncertainty=True)
+    voxel_ml = np.prod(zooms) / 1000
+    written = nibabel.load(tmp_path / "out" / "ct_mask.nii.gz")
+    mask = np.asarray(written.dataobj).astype(bool)
+    assert mask.shape == shape and np.allclose(written.affine, affine)
+    assert written.header.get_data_dtype() == np.uint8
+    # Known volume, to within the voxels on the lungs' in-plane boundary (resizing there).
+    eroded = np.stack([cv2.erode(truth[..., k].astype(np.uint8), np.ones((3, 3))) for k in
+                       range(shape[2])], axis=-1).astype(bool)
+    boundary_ml = (truth & ~eroded).sum() * voxel_ml
+    assert abs(result["lung_volume_ml"] - truth.sum() * voxel_ml) <= boundary_ml
+    assert result["lung_volume_ml"] == pytest.approx(mask.sum() * voxel_ml)
+    assert result["lung_voxels"] == mask.sum() and result["shape"] == list(shape)
+    # The two snapshots disagree only near the lungs' edges.
+    spread = np.asarray(nibabel.load(tmp_path / "out" / "ct_uncertainty.nii.gz").dataobj)
+    band = np.stack([cv2.dilate(m, np.ones((5, 5))) - cv2.erode(m, np.ones((5, 5))) for m in
+                     np.moveaxis(truth.astype(np.uint8), -1, 0)], axis=-1).astype(bool)
+    assert spread.shape == shape and spread.max() > 0.2
+    assert not np.any((spread > 0.1) & ~band)
+
+
+def test_segment_stays_consistent_across_batch_sizes(model):
+    image, _ = lungs_2d(40, 40)
+    slices = np.stack([data.window(image, *HU_WINDOW)] * 5)
+    one, _ = predict.segment(model, slices, batch_size=1)
+    four, _ = predict.segment(model, slices, batch_size=4)
+    np.testing.assert_allclose(one, four, atol=1e-6)
+
+
+def test_command_line_reports_bad_inputs_and_processes_the_rest(model_dir, tmp_path):
+    image, _ = lungs_2d(48, 48)
+    np.save(tmp_path / "good.npy", image)
+    (tmp_path / "broken.tif").write_bytes(b"not a tiff")
+    (tmp_path / "scan.bmp").write_bytes(b"BM")
+    np.save(tmp_path / "stack.npy", np.zeros((3, 8, 8), np.int16))
+    nibabel.save(nibabel.Nifti1Image(np.zeros((8, 8), np.int16), np.eye(4)), tmp_path / "flat.nii")
+    inputs = [tmp_path / n for n in ("broken.tif", "good.npy", "scan.bmp", "stack.npy",
+                                     "flat.nii", "missing.png")]
+    run = subprocess.run([sys.executable, "-m", "lungseg_jax.predict", f"--model={model_dir}",
+                          f"--output={tmp_path / 'out'}", *map(str, inputs)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1
+    assert "good.npy: lungs" in run.stdout
+    assert os.path.exists(tmp_path / "out" / "good_mask.npy")
+    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 5, run.stderr[-3000:]
+    for needle in ("broken.tif: cannot read", "scan.bmp: unsupported format '.bmp'",
+                   "stack.npy: expected a 2-D slice, got shape (3, 8, 8)",
+                   "flat.nii: expected a 3-D volume", "missing.png: no such file"):
+        assert any(needle in e for e in errors), needle
+    assert "5 of 6 inputs failed" in run.stderr
+
+
+def test_exported_loader_rejects_a_wrong_input_shape(model):
+    with pytest.raises(ValueError, match=r"expected \(N, 32, 32, 1\)"):
+        model.ensemble(np.zeros((2, 16, 16, 1), np.float32))
+    assert jnp.asarray(model.ensemble(np.zeros((3, SIZE, SIZE, 1)))).shape == (3, SIZE, SIZE)

@@ -1,0 +1,174 @@
+"""MLflow tracking of a tiny run to a sqlite store, read back through the MLflow client."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+mlflow = pytest.importorskip("mlflow")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from conftest import REPO  # noqa: E402
+from lungseg_jax import checkpointing, data, evaluation, exported, tracking, trainer  # noqa: E402
+
+
+def tracked_config():
+    from conftest import tiny_config as make  # fixture function, called directly
+    config = make.__wrapped__()
+    config.tracking.mlflow = True
+    config.tracking.experiment = "tiny"
+    return config
+
+
+def train_tracked(config, workdir, test_dir=None, finish=True):
+    """What ``lungseg_jax.train`` does with tracking on (``finish``: log artifacts and model)."""
+    with tracking.Tracker(config, workdir) as tracker:
+        trainer.train_and_evaluate(config, workdir, on_epoch_end=tracker.log_epoch)
+        if finish:
+            tracker.finish(evaluation.evaluate_workdir(workdir, test_dir) if test_dir else None)
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory):
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    workdir, test_dir = (str(tmp_path_factory.mktemp(n)) for n in ("run", "test"))
+    data.write_folder(test_dir, data.synthetic_slices(3, 48, seed=7))
+    train_tracked(tracked_config(), workdir, test_dir)
+    return workdir, MlflowClient(tracking.tracking_uri(workdir))
+
+
+def the_run(workdir, client):
+    with open(os.path.join(workdir, tracking.RUN_ID_FILE)) as f:
+        return client.get_run(f.read().strip())
+
+
+def test_params_metrics_and_artifacts_are_logged(tracked_run):
+    workdir, client = tracked_run
+    assert os.path.exists(os.path.join(workdir, "mlflow.db"))
+    assert os.path.isdir(os.path.join(workdir, "mlartifacts"))
+    run = the_run(workdir, client)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "tiny"
+    params = run.data.params
+    assert params["model.features"] == "[4, 8]" and params["data.image_size"] == "32"
+    assert params["tracking.mlflow"] == "True" and params["schedule.name"] == "snapshot"
+    records = read_metrics(workdir)
+    for key in ("train_loss", "val_loss", "val_pooled_iou", "learning_rate"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [(m.step, m.value) for m in history] == [(r["step"], pytest.approx(r[key]))
+                                                        for r in records], key
+    assert 0.0 <= run.data.metrics["test/ensemble/pooled_iou"] <= 1.0
+    assert "test/snapshots/8/mean_dice" in run.data.metrics
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.json", "metrics.jsonl", "evaluation.json"} <= names
+    with open(client.download_artifacts(run.info.run_id, "config.json")) as f:
+        assert json.load(f)["model"]["features"] == [4, 8]
+
+
+def test_logged_model_predicts_like_the_export(tracked_run):
+    workdir, _ = tracked_run
+    mlflow.set_tracking_uri(tracking.tracking_uri(workdir))
+    run_id = the_run(workdir, MlflowClient(tracking.tracking_uri(workdir))).info.run_id
+    models = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'",
+                                         output_format="list")
+    assert [m.name for m in models] == ["model"]
+    model = mlflow.pyfunc.load_model(models[0].model_uri)
+    slices = np.stack(data.synthetic_slices(2, 48, seed=9).images).astype(np.float32)
+    masks = model.predict(slices)
+    assert masks.shape == (2, 48, 48) and masks.dtype == np.uint8
+    export = exported.ExportedModel(os.path.join(workdir, tracking.EXPORT_DIR))
+    inputs = data.preprocess_images(list(slices), 32, (-1350.0, 150.0), 1)
+    from lungseg_jax import predict
+    probability, _ = predict.segment(export, data.window(slices, -1350.0, 150.0))
+    np.testing.assert_array_equal(masks, probability > 0.5)
+    assert export.ensemble(inputs).shape == (2, 32, 32)
+
+
+def test_resumed_training_continues_the_same_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store.db'}")
+    workdir = str(tmp_path / "run")
+    config = tracked_config()
+    real_save = checkpointing.save
+
+    def save_then_crash(manager, state):
+        real_save(manager, state)
+        manager.wait_until_finished()
+        raise KeyboardInterrupt("simulated kill after the first checkpoint")
+
+    monkeypatch.setattr(checkpointing, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train_tracked(config, workdir, finish=False)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'store.db'}")
+    assert the_run(workdir, client).info.status == "KILLED"
+    monkeypatch.setattr(checkpointing, "save", real_save)
+    train_tracked(config, workdir, finish=False)
+    run = the_run(workdir, client)
+    assert run.info.status == "FINISHED"
+    experiment = client.get_experiment_by_name("tiny")
+    assert [r.info.run_id for r in client.search_runs([experiment.experiment_id])] == \
+        [run.info.run_id]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    assert steps == [4, 8]
+    assert not os.path.exists(os.path.join(workdir, "mlflow.db"))  # the URI from the env
+
+
+def test_tracking_off_logs_nothing_and_needs_no_mlflow(tmp_path, monkeypatch):
+    config = tracked_config()
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[mlflow\]"'):
+        tracking.Tracker(config, str(tmp_path))
+    config.tracking.mlflow = False
+    with tracking.Tracker(config, str(tmp_path)) as tracker:
+        tracker.log_epoch({"step": 1, "train_loss": 0.5})
+        tracker.finish()
+    assert os.listdir(tmp_path) == []
+
+
+def test_flatten_config_and_evaluation_metrics():
+    assert tracking.flatten_config({"a": {"b": 1, "c": [1, 2]}, "d": "x"}) == \
+        {"a.b": 1, "a.c": "[1, 2]", "d": "x"}
+    result = {"num_images": 3, "final": {"mean_iou": 0.5}, "variants": {"final+tta": {"x": 1}},
+              "snapshots": [{"step": 4, "mean_iou": 0.25}], "winner": "ensemble"}
+    assert tracking.evaluation_metrics(result) == {
+        "test/num_images": 3.0, "test/final/mean_iou": 0.5, "test/variants/final_tta/x": 1.0,
+        "test/snapshots/4/mean_iou": 0.25}
+
+
+@pytest.mark.slow
+def test_mlflow_run_and_models_predict(tmp_path):
+    """`mlflow run .` on a tiny config, then `mlflow models predict` on its logged model."""
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    bin_dir = os.path.dirname(sys.executable)  # `python` in MLproject: this environment's
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    mlflow_cli = os.path.join(bin_dir, "mlflow")
+    client = MlflowClient(uri)  # artifacts in tmp_path, not mlflow's default ./mlruns
+    client.create_experiment("mlproject", artifact_location=(tmp_path / "artifacts").as_uri())
+    overrides = ("--config.model.features=(4,8) --config.data.image_size=32 "
+                 "--config.data.synthetic.num_images=12 --config.data.synthetic.size=32 "
+                 "--config.num_epochs=1 --config.eval_batch_size=4 "
+                 "--config.data.val_fraction=0.34 --config.schedule.num_cycles=1")
+    run = subprocess.run([mlflow_cli, "run", ".", "--env-manager", "local",
+                          "--experiment-name", "mlproject", "-P", "config=configs/default.py",
+                          "-P", f"workdir={tmp_path / 'run'}", "-P", f"overrides={overrides}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (only,) = client.search_runs([client.get_experiment_by_name("mlproject").experiment_id])
+    assert only.info.status == "FINISHED" and only.data.params["num_epochs"] == "1"
+    assert [m.step for m in client.get_metric_history(only.info.run_id, "train_loss")] == [2]
+    (input_path := tmp_path / "input.json").write_text(json.dumps(
+        {"inputs": [np.full((40, 40), -850.0).tolist()]}))
+    predict = subprocess.run([mlflow_cli, "models", "predict", "-m",
+                              f"runs:/{only.info.run_id}/model", "-i", str(input_path), "-t",
+                              "json", "--env-manager", "local"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    assert np.asarray(json.loads(predict.stdout)["predictions"]).shape == (1, 40, 40)
