@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 import tifffile
 
+from lungseg_jax import validation
+
 IMAGE_DIR, MASK_DIR = "2d_images", "2d_masks"
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -126,14 +128,7 @@ def read_folder(path: str) -> Slices:
     slices = Slices([], [], [])
     for name in sorted(images):
         image, mask = _read_tiff(images[name]), _read_tiff(masks[name])
-        if image.shape != mask.shape:
-            raise ValueError(f"{masks[name]}: mask shape {mask.shape} != image shape {image.shape}")
-        if not np.all(np.isfinite(image)):
-            raise ValueError(f"{images[name]}: non-finite pixel values")
-        values = np.unique(mask)
-        if len(values) > 2 or (len(values) == 2 and values[0] != 0):
-            raise ValueError(f"{masks[name]}: mask is not binary (values {values[:6]}); "
-                             "expected 0/1 or 0/255")
+        validation.check_slice(images[name], image, masks[name], mask)
         slices.names.append(name)
         slices.images.append(image)
         slices.masks.append((mask > 0).astype(np.uint8))

@@ -1,11 +1,17 @@
-"""Checks of a config's values before anything runs, with errors that name the field.
+"""Checks of everything a user supplies, before anything runs, with errors naming the fault.
 
-(Unknown keys are caught earlier: the entry points lock the config, so an
-override like ``--config.modle.name=x`` is refused by ml_collections.)
-Data files are checked where they are read (``data.read_folder``).
+* ``check_config``/``check_mesh``: config values (errors name the field and value).
+  Unknown keys are caught earlier: the entry points lock the config, so an
+  override like ``--config.modle.name=x`` is refused by ml_collections.
+* ``check_slice``: one image/mask pair of a dataset folder (errors name the file);
+  ``data.read_folder`` applies it to every pair and checks the folder as a whole.
+  Slices of different sizes are accepted: each is resized to ``data.image_size``.
 """
 
 import functools
+import math
+
+import numpy as np
 
 from lungseg_jax import metrics, models, schedules
 
@@ -36,20 +42,30 @@ def check_config(config) -> None:
               f"must be a positive multiple of {divisor} (2 ** number of U-Net levels)")
     if config.data.channels not in (1, 3):
         _fail("data.channels", config.data.channels, "expected 1 or 3")
+    for field in ("data.hu_min", "data.hu_max", "learning_rate"):
+        value = functools.reduce(getattr, field.split("."), config)
+        if not math.isfinite(value):
+            _fail(field, value, "expected a finite number")
     if not config.data.hu_min < config.data.hu_max:
         _fail("data.hu_max", config.data.hu_max, f"must exceed data.hu_min={config.data.hu_min}")
     if not 0.0 < config.data.val_fraction < 1.0:
         _fail("data.val_fraction", config.data.val_fraction, "expected a fraction in (0, 1)")
     if config.data.source == "synthetic" and config.data.synthetic.num_images < 2:
         _fail("data.synthetic.num_images", config.data.synthetic.num_images, "expected >= 2")
+    if not 0.0 <= config.model.bn_momentum < 1.0:
+        _fail("model.bn_momentum", config.model.bn_momentum, "expected a value in [0, 1)")
+    every = config.checkpoint.every_steps
+    if not isinstance(every, int) or every < 0:
+        _fail("checkpoint.every_steps", every, "expected an integer >= 0 (0: every epoch's end)")
+    for field in ("seed", "data.split_seed", "data.synthetic.seed"):
+        value = functools.reduce(getattr, field.split("."), config)
+        if not isinstance(value, int) or value < 0:
+            _fail(field, value, "expected a non-negative integer")
     for field in ("num_epochs", "batch_size", "eval_batch_size", "schedule.num_cycles",
-                  "checkpoint.keep_latest"):
+                  "checkpoint.keep_latest", "data.synthetic.size"):
         value = functools.reduce(getattr, field.split("."), config)
         if not isinstance(value, int) or value < 1:
             _fail(field, value, "expected a positive integer")
-    if config.checkpoint.every_steps < 0:
-        _fail("checkpoint.every_steps", config.checkpoint.every_steps,
-              "expected >= 0 (0: at the end of every epoch)")
     if not config.learning_rate > 0:
         _fail("learning_rate", config.learning_rate, "expected > 0")
     if config.schedule.name not in schedules.SCHEDULES:
@@ -66,3 +82,22 @@ def check_mesh(config, num_devices: int) -> None:
     for field in ("batch_size", "eval_batch_size"):
         if config[field] % num_devices:
             _fail(field, config[field], f"must be divisible by the {num_devices} devices")
+
+
+def check_slice(image_path: str, image: np.ndarray, mask_path: str, mask: np.ndarray) -> None:
+    """Raises ValueError naming the file if a 2-D image/mask pair is unusable.
+
+    The mask must have the image's shape and be binary (0/1 or 0/255); both must be finite.
+    """
+    if image.shape != mask.shape:
+        raise ValueError(f"{mask_path}: mask shape {mask.shape} != image shape {image.shape} "
+                         f"of {image_path}")
+    for path, array in ((image_path, image), (mask_path, mask)):
+        if np.issubdtype(array.dtype, np.number) and not np.all(np.isfinite(array)):
+            bad = np.argwhere(~np.isfinite(array))[0]
+            raise ValueError(f"{path}: non-finite pixel value {array[tuple(bad)]} at "
+                             f"(row, column) {tuple(int(i) for i in bad)}")
+    values = np.unique(mask)
+    if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+        raise ValueError(f"{mask_path}: mask is not binary (values {values[:6]}); "
+                         "expected 0/1 or 0/255")
