@@ -32,10 +32,14 @@ def import_mlflow():
     return mlflow
 
 
+def workdir_uri(workdir: str) -> str:
+    """``sqlite:///<abs workdir>/mlflow.db``: the workdir's own store."""
+    return f"sqlite:///{os.path.join(os.path.abspath(workdir), 'mlflow.db')}"
+
+
 def tracking_uri(workdir: str) -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<abs workdir>/mlflow.db``."""
-    return (os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{os.path.join(os.path.abspath(workdir), 'mlflow.db')}")
+    """``$MLFLOW_TRACKING_URI`` if set, else the workdir's own store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or workdir_uri(workdir)
 
 
 def flatten_config(tree: dict, prefix: str = "") -> dict:
@@ -118,8 +122,8 @@ class Tracker:
         """Activates experiment ``name``; one created in the workdir's own store keeps its
         artifacts in ``WORKDIR/mlartifacts`` (mlflow's default is ``./mlruns`` of the cwd)."""
         mlflow = self.mlflow
-        if ("MLFLOW_TRACKING_URI" not in os.environ
-                and mlflow.get_experiment_by_name(name) is None):
+        own_store = mlflow.get_tracking_uri() == workdir_uri(self.workdir)
+        if own_store and mlflow.get_experiment_by_name(name) is None:
             location = pathlib.Path(self.workdir, "mlartifacts").absolute().as_uri()
             mlflow.create_experiment(name, artifact_location=location)
         mlflow.set_experiment(name)

@@ -38,11 +38,12 @@ def read_metrics(workdir):
 
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory):
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    workdir, test_dir = (str(tmp_path_factory.mktemp(n)) for n in ("run", "test"))
-    data.write_folder(test_dir, data.synthetic_slices(3, 48, seed=7))
-    train_tracked(tracked_config(), workdir, test_dir)
-    return workdir, MlflowClient(tracking.tracking_uri(workdir))
+    with pytest.MonkeyPatch.context() as patch:  # mlflow.set_tracking_uri sets the variable
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        workdir, test_dir = (str(tmp_path_factory.mktemp(n)) for n in ("run", "test"))
+        data.write_folder(test_dir, data.synthetic_slices(3, 48, seed=7))
+        train_tracked(tracked_config(), workdir, test_dir)
+        yield workdir, MlflowClient(tracking.workdir_uri(workdir))
 
 
 def the_run(workdir, client):
@@ -75,8 +76,8 @@ def test_params_metrics_and_artifacts_are_logged(tracked_run):
 
 def test_logged_model_predicts_like_the_export(tracked_run):
     workdir, _ = tracked_run
-    mlflow.set_tracking_uri(tracking.tracking_uri(workdir))
-    run_id = the_run(workdir, MlflowClient(tracking.tracking_uri(workdir))).info.run_id
+    mlflow.set_tracking_uri(tracking.workdir_uri(workdir))
+    run_id = the_run(workdir, MlflowClient(tracking.workdir_uri(workdir))).info.run_id
     models = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'",
                                          output_format="list")
     assert [m.name for m in models] == ["model"]
