@@ -66,8 +66,11 @@ class ConvBNAct(nn.Module):
     def __call__(self, x, train: bool):
         x = nn.Conv(self.features, (self.kernel, self.kernel), padding="SAME",
                     kernel_init=glorot_normal, dtype=self.dtype)(x)
+        # use_fast_variance=False: E[(x - mean)^2] instead of E[x^2] - mean^2, which
+        # cancels catastrophically in float32 (gradients 5e-3 off a float64 reference
+        # instead of 1e-6, measured on the inception U-Net at 64x64), at no measured cost.
         x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                         epsilon=1e-3, dtype=self.dtype)(x)
+                         epsilon=1e-3, dtype=self.dtype, use_fast_variance=False)(x)
         return nn.leaky_relu(x, LEAKY_SLOPE)
 
 

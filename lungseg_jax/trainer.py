@@ -200,21 +200,27 @@ def config_to_dict(config) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-def prepare_workdir(workdir: str, config) -> None:
-    """Creates the workdir and records the config; refuses a workdir of a different run."""
+# Config sections that do not change what is trained: a resume may change them.
+RESUMABLE_SECTIONS = ("tracking",)
+
+
+def prepare_workdir(workdir: str, config, write: bool) -> None:
+    """Refuses a workdir of a different run (every process checks, so none waits on a
+    refused chief); with ``write``, creates the workdir and records the config."""
     path = os.path.join(workdir, "config.json")
     new = config_to_dict(config)
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        if old != new:
-            diff = diff_configs(old, new)
+        diff = diff_configs(*({k: v for k, v in c.items() if k not in RESUMABLE_SECTIONS}
+                              for c in (old, new)))
+        if diff:
             raise ValueError(f"{workdir!r} holds a run with a different config ({diff}); "
                              "re-run with its original config to resume, or use a new --workdir "
                              "(or delete this one) to start fresh")
-        return
-    os.makedirs(workdir, exist_ok=True)
-    write_atomic(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
+    if write:
+        os.makedirs(workdir, exist_ok=True)
+        write_atomic(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
 
 
 def diff_configs(old: dict, new: dict, prefix: str = "") -> str:
@@ -334,8 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                  "snapshots at steps %s; mesh %s", len(train_images), len(val_images),
                  config.data.image_size, config.data.image_size, total_steps, config.num_epochs,
                  steps_per_epoch, snapshot_steps, dict(mesh.shape))
-    if is_chief:
-        prepare_workdir(workdir, config)
+    prepare_workdir(workdir, config, write=is_chief)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
 
     # Model, optimizer, state: restored from the latest checkpoint when there is one.
