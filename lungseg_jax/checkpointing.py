@@ -43,6 +43,14 @@ def save(manager: ocp.CheckpointManager, state) -> None:
     manager.save(int(state.step), args=ocp.args.StandardSave(state))
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
-    """The state saved at ``step``, laid out (shapes, dtypes, shardings) like ``abstract_state``."""
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state, partial: bool = False):
+    """The state saved at ``step``, laid out (shapes, dtypes, shardings) like ``abstract_state``.
+
+    ``partial`` restores only the top-level fields ``abstract_state`` (a dict) names,
+    e.g. just the model variables of a train state.
+    """
+    if partial:
+        return manager.restore(step, args=ocp.args.PyTreeRestore(
+            abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(
+                abstract_state), partial_restore=True))
     return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))

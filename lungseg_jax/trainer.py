@@ -459,10 +459,9 @@ def restore_variables(workdir: str, steps=None) -> Restored:
         steps = sorted(set(snapshot_steps) | {latest})
     tx, _ = create_optimizer(config, total_steps=1)
     abstract = abstract_train_state(config, model, tx, mesh)
-    restored = {}
-    for step in steps:
-        state = checkpointing.restore(manager, step, abstract)
-        restored[step] = {"params": state.params, "batch_stats": state.batch_stats}
+    abstract_variables = {"params": abstract.params, "batch_stats": abstract.batch_stats}
+    restored = {step: checkpointing.restore(manager, step, abstract_variables, partial=True)
+                for step in steps}
     manager.close()
     return Restored(config, model, restored, snapshot_steps, latest)
 
