@@ -1,10 +1,13 @@
 """Entry point: evaluate a workdir's final weights, snapshots and ensemble on a folder.
 
     python -m lungseg_jax.evaluate --workdir DIR --data_dir FOLDER --output FILE.json \
-        [--threshold 0.5]
+        [--threshold 0.5] [--ensemble_last M] [--tta] [--postprocess] \
+        [--noselect_on_validation]
 
-Writes ``{"num_images", "final", "snapshots": [{"step", ...}], "ensemble"}`` with
-pooled IoU, mean IoU and mean Dice each, and prints a table.
+Writes ``{"num_images", "final", "snapshots": [{"step", ...}], "ensemble", "options",
+"variants", "validation", "report_variant"}`` (pooled IoU, mean IoU and mean Dice each),
+the report next to it (FILE.csv, FILE.md, FILE_*.png; see ``report.py``), and prints a
+table. See docs/evaluation.md.
 """
 
 import json
@@ -17,9 +20,17 @@ from lungseg_jax import evaluation, runtime
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json and checkpoints/).")
 flags.DEFINE_string("data_dir", None, "Folder with 2d_images/ and 2d_masks/.")
-flags.DEFINE_string("output", None, "Where to write the metrics JSON.")
+flags.DEFINE_string("output", None, "Where to write the metrics JSON (the report goes next "
+                    "to it).")
 flags.DEFINE_float("threshold", 0.5, "Probability threshold for a lung pixel.")
 flags.DEFINE_integer("batch_size", 8, "Images per prediction batch.")
+flags.DEFINE_integer("ensemble_last", 0, "Ensemble the last M snapshots (0: all).")
+flags.DEFINE_bool("tta", False, "Horizontal-flip test-time augmentation for final, snapshots "
+                  "and ensemble (the 'variants' key holds both either way).")
+flags.DEFINE_bool("postprocess", False, "Keep the two largest connected components (the "
+                  "'variants' key holds both either way).")
+flags.DEFINE_bool("select_on_validation", True, "Also score every variant on the training "
+                  "run's validation split (needs its data, config.data) and report its winner.")
 flags.mark_flags_as_required(["workdir", "data_dir", "output"])
 
 
@@ -28,9 +39,11 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     runtime.setup_jax()
     runtime.setup_logging()
-    result = evaluation.evaluate_workdir(FLAGS.workdir, FLAGS.data_dir, FLAGS.threshold,
-                                         FLAGS.batch_size)
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
+    result = evaluation.evaluate_workdir(
+        FLAGS.workdir, FLAGS.data_dir, FLAGS.threshold, FLAGS.batch_size,
+        ensemble_last=FLAGS.ensemble_last, tta=FLAGS.tta, postprocess=FLAGS.postprocess,
+        select_on_validation=FLAGS.select_on_validation,
+        report_prefix=os.path.splitext(FLAGS.output)[0])
     with open(FLAGS.output, "w") as f:
         json.dump(result, f, indent=2)
     print(evaluation.format_table(result))

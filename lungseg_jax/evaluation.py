@@ -3,13 +3,23 @@
 Predictions are made at the training resolution, resized back (bilinear, on
 probabilities) to each mask's own size and thresholded there, so the metrics
 are always at the data's native resolution (512x512 for the study's set).
+
+Variants combine the weights ('final' or 'ensemble': mean probability of the last
+m snapshots), horizontal-flip test-time augmentation ('+tta': mean of the
+prediction and the flipped prediction of the flipped slice) and post-processing
+('+pp': keep the two largest connected components, the two lungs). Every variant
+is scored on the test folder, and optionally on the training run's validation
+split, where the winner is chosen (never on the test folder).
 """
+
+import itertools
+from typing import NamedTuple
 
 import cv2
 import jax
 import numpy as np
 
-from lungseg_jax import data, metrics, trainer
+from lungseg_jax import data, metrics, report, trainer
 
 
 def make_predict_fn(model):
@@ -32,44 +42,168 @@ def predict_probabilities(predict_fn, variables, images: np.ndarray, batch_size:
     return np.concatenate(jax.device_get(out))[:n]
 
 
-def native_counts(probabilities: np.ndarray, masks: list, threshold: float) -> np.ndarray:
-    """(N, 4) pixel counts after resizing each probability map to its mask's size."""
-    counts = []
-    for prob, mask in zip(probabilities, masks):
-        h, w = mask.shape
-        prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR) if prob.shape != (h, w) \
-            else prob
-        counts.append(np.asarray(metrics.pixel_counts((prob > threshold)[None],
-                                                      (mask > 0)[None]))[0])
-    return np.stack(counts)
+def predict_plain_and_tta(predict_fn, variables, images: np.ndarray, batch_size: int):
+    """(plain, flip-TTA) probabilities (N, H, W); TTA averages in the un-flipped prediction
+    of the horizontally flipped slice."""
+    n = len(images)
+    both = predict_probabilities(predict_fn, variables,
+                                 np.concatenate([images, images[:, :, ::-1]]), batch_size)
+    return both[:n], (both[:n] + both[n:, :, ::-1]) / 2
 
 
-def evaluate_workdir(workdir: str, data_dir: str, threshold: float = 0.5,
-                     batch_size: int = 8) -> dict:
-    """The evaluate CLI's result: final, per-snapshot and ensemble metrics on ``data_dir``."""
-    restored = trainer.restore_variables(workdir)
-    slices = data.read_folder(data_dir)
-    images, _ = data.preprocess(slices, restored.config.data)
+def keep_largest_components(mask: np.ndarray, keep: int = 2) -> np.ndarray:
+    """``mask`` (bool) with only its ``keep`` largest 8-connected components."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
+                                                               connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    kept = 1 + np.argsort(-areas, kind="stable")[:keep]
+    return np.isin(labels, kept)
+
+
+def to_native(probability: np.ndarray, shape) -> np.ndarray:
+    """A probability (or uncertainty) map resized bilinearly to ``shape`` (H, W)."""
+    h, w = shape
+    if probability.shape == (h, w):
+        return probability
+    return cv2.resize(probability, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def native_predictions(probabilities, masks: list, threshold: float, postprocess: bool) -> list:
+    """Boolean predictions at each mask's own size, optionally post-processed."""
+    preds = [to_native(p, m.shape) > threshold for p, m in zip(probabilities, masks)]
+    return [keep_largest_components(p) for p in preds] if postprocess else preds
+
+
+def native_counts(predictions: list, masks: list) -> np.ndarray:
+    """(N, 4) pixel counts (see ``metrics.pixel_counts``) of native-size predictions."""
+    return np.stack([np.asarray(metrics.pixel_counts(p[None], (m > 0)[None]))[0]
+                     for p, m in zip(predictions, masks)])
+
+
+def variant_name(weights: str, tta: bool, postprocess: bool) -> str:
+    return weights + "+tta" * tta + "+pp" * postprocess
+
+
+# (weights, tta, postprocess) of every variant, simplest first (it wins ties).
+VARIANTS = list(itertools.product(("final", "ensemble"), (False, True), (False, True)))
+
+
+class Predictions(NamedTuple):
+    """Probabilities of one image set: ``plain[step]``/``tta[step]`` (N, H, W) per step."""
+
+    plain: dict
+    tta: dict
+
+    def of(self, steps, tta: bool):
+        """(mean probability, per-pixel std) over ``steps``."""
+        stack = np.stack([(self.tta if tta else self.plain)[s] for s in steps])
+        return stack.mean(0), stack.std(0)
+
+
+def predict_steps(restored, images: np.ndarray, steps, batch_size: int) -> Predictions:
     predict_fn = make_predict_fn(restored.model)
-    probabilities = {step: predict_probabilities(predict_fn, v, images, batch_size)
-                     for step, v in restored.variables.items()}
+    plain, tta = {}, {}
+    for step in steps:
+        plain[step], tta[step] = predict_plain_and_tta(predict_fn, restored.variables[step],
+                                                       images, batch_size)
+    return Predictions(plain, tta)
 
-    def score(probs):
-        return metrics.summarize(native_counts(probs, slices.masks, threshold))
 
-    snapshots = restored.snapshot_steps or [restored.final_step]
-    ensemble = np.mean([probabilities[s] for s in snapshots], axis=0)
-    return {"num_images": len(slices),
-            "final": score(probabilities[restored.final_step]),
-            "snapshots": [{"step": s, **score(probabilities[s])} for s in snapshots],
-            "ensemble": score(ensemble)}
+def snapshot_steps(restored) -> list:
+    """The snapshot steps; the final step if the run kept none."""
+    return restored.snapshot_steps or [restored.final_step]
+
+
+def ensemble_members(restored, ensemble_last: int) -> list:
+    """The last ``ensemble_last`` snapshot steps (0: all)."""
+    snapshots = snapshot_steps(restored)
+    if not 0 <= ensemble_last <= len(snapshots):
+        raise ValueError(f"ensemble_last={ensemble_last} is invalid: the workdir has "
+                         f"{len(snapshots)} snapshots {snapshots} (0 means all)")
+    return snapshots[-ensemble_last:] if ensemble_last else snapshots
+
+
+def score(probabilities, masks: list, threshold: float, postprocess: bool) -> dict:
+    """Pooled IoU, mean IoU and mean Dice at the masks' own sizes."""
+    preds = native_predictions(probabilities, masks, threshold, postprocess)
+    return metrics.summarize(native_counts(preds, masks))
+
+
+def score_variants(predictions: Predictions, masks: list, weights_steps: dict,
+                   threshold: float) -> dict:
+    """{variant name: score} for every variant; ``weights_steps``: {'final'|'ensemble': steps}."""
+    return {variant_name(weights, tta, postprocess):
+            score(predictions.of(weights_steps[weights], tta)[0], masks, threshold, postprocess)
+            for weights, tta, postprocess in VARIANTS}
+
+
+def validation_slices(config) -> data.Slices:
+    """The training run's validation split (as ``data.load_train_val`` drew it), unprocessed."""
+    slices = data.load_slices(config.data)
+    _, val_idx = data.split_indices(len(slices), config.data.val_fraction, config.data.split_seed)
+    return slices.subset(val_idx)
+
+
+def evaluate_workdir(workdir: str, data_dir: str, threshold: float = 0.5, batch_size: int = 8,
+                     ensemble_last: int = 0, tta: bool = False, postprocess: bool = False,
+                     select_on_validation: bool = True, report_prefix: str | None = None) -> dict:
+    """The evaluate CLI's result on ``data_dir``.
+
+    ``final``, ``snapshots`` and ``ensemble`` (last ``ensemble_last`` snapshots, 0: all) are
+    scored with the requested ``tta``/``postprocess``; ``variants`` holds every combination.
+    ``select_on_validation`` also scores the variants on the run's validation split and names
+    the ``winner`` there; the report (``report_prefix``.csv/.md/*.png) shows that winner, or
+    else the requested ensemble variant.
+    """
+    restored = trainer.restore_variables(workdir)
+    config = restored.config
+    members = ensemble_members(restored, ensemble_last)
+    weights_steps = {"final": [restored.final_step], "ensemble": members}
+    slices = data.read_folder(data_dir)
+    images, _ = data.preprocess(slices, config.data)
+    predictions = predict_steps(restored, images, sorted(restored.variables), batch_size)
+
+    def requested(steps):
+        return score(predictions.of(steps, tta)[0], slices.masks, threshold, postprocess)
+
+    result = {"num_images": len(slices),
+              "final": requested([restored.final_step]),
+              "snapshots": [{"step": s, **requested([s])} for s in snapshot_steps(restored)],
+              "ensemble": requested(members),
+              "options": {"threshold": threshold, "ensemble_members": members, "tta": tta,
+                          "postprocess": postprocess},
+              "variants": score_variants(predictions, slices.masks, weights_steps, threshold)}
+    chosen = ("ensemble", tta, postprocess)
+    if select_on_validation:
+        val = validation_slices(config)
+        val_images, _ = data.preprocess(val, config.data)
+        val_predictions = predict_steps(restored, val_images,
+                                        sorted({restored.final_step, *members}), batch_size)
+        val_scores = score_variants(val_predictions, val.masks, weights_steps, threshold)
+        chosen = max(VARIANTS, key=lambda v: val_scores[variant_name(*v)]["pooled_iou"])
+        result["validation"] = {"num_images": len(val), "variants": val_scores,
+                                "winner": variant_name(*chosen)}
+    result["report_variant"] = variant_name(*chosen)
+    if report_prefix:
+        weights, chosen_tta, chosen_pp = chosen
+        probs, _ = predictions.of(weights_steps[weights], chosen_tta)
+        _, uncertainty = predictions.of(members, chosen_tta)
+        preds = native_predictions(probs, slices.masks, threshold, chosen_pp)
+        report.write_report(report_prefix, result, workdir, config.data, slices, preds,
+                            native_counts(preds, slices.masks),
+                            [to_native(u, m.shape) for u, m in zip(uncertainty, slices.masks)])
+    return result
 
 
 def format_table(result: dict) -> str:
     rows = [("final", result["final"])]
     rows += [(f"snapshot@{s['step']}", s) for s in result["snapshots"]]
     rows += [("ensemble", result["ensemble"])]
-    lines = [f"{'weights':<18}{'pooled IoU':>12}{'mean IoU':>10}{'mean Dice':>11}"]
-    lines += [f"{name:<18}{m['pooled_iou']:>12.4f}{m['mean_iou']:>10.4f}{m['mean_dice']:>11.4f}"
+    rows += [(f"variant {name}", m) for name, m in result["variants"].items()]
+    lines = [f"{'weights':<26}{'pooled IoU':>12}{'mean IoU':>10}{'mean Dice':>11}"]
+    lines += [f"{name:<26}{m['pooled_iou']:>12.4f}{m['mean_iou']:>10.4f}{m['mean_dice']:>11.4f}"
               for name, m in rows]
+    if "validation" in result:
+        lines.append(f"validation winner ({result['validation']['num_images']} images): "
+                     f"{result['validation']['winner']}")
     return f"{result['num_images']} images\n" + "\n".join(lines)

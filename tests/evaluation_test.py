@@ -1,0 +1,149 @@
+"""Evaluation upgrades: TTA, post-processing, HD95, ensembles of the last m, validation
+selection, and the report files, on one tiny trained workdir."""
+
+import csv
+import json
+import math
+import re
+
+import cv2
+import numpy as np
+import pytest
+
+from lungseg_jax import data, evaluation, report, trainer
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A tiny finished run (2 snapshots, at steps 4 and 8)."""
+    from conftest import tiny_config as make  # fixture function, called directly
+    path = str(tmp_path_factory.mktemp("run"))
+    trainer.train_and_evaluate(make.__wrapped__(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def test_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("test"))
+    data.write_folder(path, data.synthetic_slices(5, 48, seed=77))
+    return path
+
+
+def test_tta_prediction_is_flip_equivariant(workdir):
+    restored = trainer.restore_variables(workdir)
+    slices = data.synthetic_slices(3, 64, seed=5)
+    images, _ = data.preprocess(slices, restored.config.data)
+    predict_fn = evaluation.make_predict_fn(restored.model)
+    variables = restored.variables[restored.final_step]
+    plain, tta = evaluation.predict_plain_and_tta(predict_fn, variables, images, 4)
+    plain_f, tta_f = evaluation.predict_plain_and_tta(predict_fn, variables,
+                                                      images[:, :, ::-1], 4)
+    np.testing.assert_allclose(tta_f, tta[:, :, ::-1], atol=1e-6)
+    # The model alone is not equivariant, so the check above is not vacuous.
+    assert np.abs(plain_f - plain[:, :, ::-1]).max() > 1e-4
+    np.testing.assert_allclose(plain, evaluation.predict_probabilities(
+        predict_fn, variables, images, 4), atol=1e-6)
+
+
+def test_postprocessing_keeps_the_two_largest_components():
+    mask = np.zeros((30, 40), bool)
+    mask[2:12, 2:10] = True  # 80 pixels
+    mask[15:28, 3:9] = True  # 78
+    mask[5:8, 20:23] = True  # 9
+    mask[20:29, 25:38] = True  # 117
+    mask[0, 39] = True  # 1
+    expected = np.zeros_like(mask)
+    expected[2:12, 2:10] = expected[20:29, 25:38] = True
+    np.testing.assert_array_equal(evaluation.keep_largest_components(mask), expected)
+    # Diagonal neighbours join (8-connectivity); masks with fewer components are unchanged.
+    two = np.eye(6, dtype=bool)
+    two[0, 5] = True
+    np.testing.assert_array_equal(evaluation.keep_largest_components(two), two)
+    assert not evaluation.keep_largest_components(np.zeros((4, 4), bool)).any()
+
+
+def brute_force_hd95(pred, truth):
+    def border(mask):
+        padded = np.pad(mask, 1)
+        inner = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+        return mask & ~inner
+
+    a, b = np.argwhere(border(pred)), np.argwhere(border(truth))
+    d = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+    return np.percentile(np.concatenate([d.min(1), d.min(0)]), 95)
+
+
+def test_hd95_matches_brute_force():
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        shape = tuple(rng.integers(12, 40, size=2))
+        blobs = [cv2.GaussianBlur(rng.random(shape), (0, 0), rng.uniform(1, 3)) for _ in range(2)]
+        pred, truth = (b > np.quantile(b, rng.uniform(0.3, 0.8)) for b in blobs)
+        np.testing.assert_allclose(report.hd95(pred, truth), brute_force_hd95(pred, truth),
+                                   rtol=1e-5)
+    square = np.zeros((20, 20), bool)
+    square[5:15, 5:15] = True
+    assert report.hd95(square, square) == 0.0
+    assert report.hd95(square, np.roll(square, 3, axis=1)) == pytest.approx(3.0)
+    assert report.hd95(np.zeros_like(square), np.zeros_like(square)) == 0.0
+    assert report.hd95(square, np.zeros_like(square)) == math.inf
+
+
+def test_ensemble_last_out_of_range_is_refused(workdir, test_dir):
+    with pytest.raises(ValueError, match="ensemble_last=3 .* 2 snapshots"):
+        evaluation.evaluate_workdir(workdir, test_dir, ensemble_last=3)
+
+
+def test_variants_validation_winner_and_report_files(workdir, test_dir, tmp_path):
+    prefix = str(tmp_path / "out" / "test")
+    result = evaluation.evaluate_workdir(workdir, test_dir, ensemble_last=1, tta=True,
+                                         postprocess=True, select_on_validation=True,
+                                         report_prefix=prefix)
+    json.dumps(result, allow_nan=False)  # plain JSON
+
+    # The flags apply to final/snapshots/ensemble; the ensemble of the last 1 is that snapshot.
+    assert result["options"]["ensemble_members"] == [8]
+    assert result["ensemble"] == {k: v for k, v in result["snapshots"][-1].items() if k != "step"}
+    names = [evaluation.variant_name(*v) for v in evaluation.VARIANTS]
+    assert set(names) == {"final", "final+pp", "final+tta", "final+tta+pp", "ensemble",
+                          "ensemble+pp", "ensemble+tta", "ensemble+tta+pp"}
+    assert list(result["variants"]) == names
+    assert result["variants"]["ensemble+tta+pp"] == result["ensemble"]
+    assert result["variants"]["final+tta+pp"] == result["final"]
+
+    # The winner is chosen on the 4 validation slices of the 20 (val_fraction 0.2).
+    validation = result["validation"]
+    assert validation["num_images"] == 4 and list(validation["variants"]) == names
+    best = max(m["pooled_iou"] for m in validation["variants"].values())
+    assert validation["variants"][validation["winner"]]["pooled_iou"] == best
+    assert result["report_variant"] == validation["winner"]
+
+    # CSV: one row per test image, consistent with the JSON's mean IoU and Dice.
+    with open(prefix + ".csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == [f"phantom_{i:04d}" for i in range(5)]
+    assert list(rows[0]) == ["name", "iou", "dice", "hd95"]
+    scores = result["variants"][result["report_variant"]]
+    np.testing.assert_allclose(np.mean([float(r["iou"]) for r in rows]), scores["mean_iou"])
+    np.testing.assert_allclose(np.mean([float(r["dice"]) for r in rows]), scores["mean_dice"])
+    assert all(float(r["hd95"]) >= 0 for r in rows)
+
+    # Markdown: the sections, a row per variant, and links to PNGs that exist and decode.
+    md = open(prefix + ".md").read()
+    for heading in ("# Evaluation of", "## Weights", "## Variants", "## Per image",
+                    "## Training curves"):
+        assert heading in md
+    for name in names:
+        assert re.search(rf"^\| {re.escape(name)} \| 0\.\d{{4}} \|", md, re.M), name
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert "test_curves.png" in links
+    overlays = [link for link in links if link != "test_curves.png"]
+    assert len(overlays) == 5  # 3 worst and the 2 other images as best
+    assert sum("_worst" in link for link in overlays) == 3
+    for link in links:
+        png = cv2.imread(str(tmp_path / "out" / link))
+        assert png is not None and png.shape[0] > 100 and png.shape[1] > 300, link
+    worst_iou = min(float(r["iou"]) for r in rows)
+    worst_name = min(rows, key=lambda r: float(r["iou"]))["name"]
+    assert f"test_worst1_{worst_name}.png" in overlays
+    assert f"min {worst_iou:.4f}" in md
