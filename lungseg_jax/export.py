@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from lungseg_jax import exported, runtime, trainer
+from lungseg_jax import exported, rundir, runtime, trainer
 
 PLATFORMS = ("cpu", "cuda")
 
@@ -62,7 +62,7 @@ def write_export(output: str, members: dict, input_shape: tuple, metadata: dict,
     metadata = {"format": exported.FORMAT, **metadata, "input_size": input_shape[0],
                 "channels": input_shape[2], "snapshot_steps": steps,
                 "platforms": list(platforms), "jax_version": jax.__version__, "files": files}
-    trainer.write_atomic(os.path.join(output, exported.METADATA),
+    rundir.write_atomic(os.path.join(output, exported.METADATA),
                          json.dumps(metadata, indent=2) + "\n")
     return metadata
 

@@ -17,7 +17,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from lungseg_jax import distributed, runtime, tracking, trainer
+from lungseg_jax import distributed, rundir, runtime, tracking, trainer
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -50,9 +50,10 @@ def evaluate_test_set(workdir: str, data_dir: str) -> dict | None:
         return None
     from lungseg_jax import evaluation  # only needed here
 
-    result = evaluation.evaluate_workdir(workdir, data_dir)
-    trainer.write_atomic(os.path.join(workdir, "evaluation.json"),
-                         json.dumps(result, indent=2) + "\n")
+    result = evaluation.evaluate_workdir(workdir, data_dir,
+                                         report_prefix=os.path.join(workdir, "evaluation"))
+    rundir.write_atomic(os.path.join(workdir, "evaluation.json"),
+                        json.dumps(result, indent=2) + "\n")
     print(evaluation.format_table(result))
     return result
 

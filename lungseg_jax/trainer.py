@@ -30,7 +30,8 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from orbax.checkpoint import multihost as ocp_multihost
 
-from lungseg_jax import augment, checkpointing, data, metrics, models, progress, schedules
+from lungseg_jax import (augment, checkpointing, data, metrics, models, progress, rundir,
+                         schedules)
 from lungseg_jax.validation import check_config, check_mesh
 
 ADAM_EPS = 1e-7  # Keras' Adam epsilon, as in the study
@@ -193,85 +194,6 @@ def evaluate_arrays(eval_step, state, images: np.ndarray, masks: np.ndarray, bat
     return {"loss": float(losses.mean()), **metrics.summarize(counts)}
 
 
-# ----------------------------------------------------------------------------- workdir
-
-
-def config_to_dict(config) -> dict:
-    return json.loads(config.to_json_best_effort())
-
-
-# Config sections that do not change what is trained: a resume may change them.
-RESUMABLE_SECTIONS = ("tracking",)
-
-
-def prepare_workdir(workdir: str, config, write: bool) -> None:
-    """Refuses a workdir of a different run (every process checks, so none waits on a
-    refused chief); with ``write``, creates the workdir and records the config."""
-    path = os.path.join(workdir, "config.json")
-    new = config_to_dict(config)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        diff = diff_configs(*({k: v for k, v in c.items() if k not in RESUMABLE_SECTIONS}
-                              for c in (old, new)))
-        if diff:
-            raise ValueError(f"{workdir!r} holds a run with a different config ({diff}); "
-                             "re-run with its original config to resume, or use a new --workdir "
-                             "(or delete this one) to start fresh")
-    if write:
-        os.makedirs(workdir, exist_ok=True)
-        write_atomic(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
-
-
-def diff_configs(old: dict, new: dict, prefix: str = "") -> str:
-    keys = sorted(set(old) | set(new))
-    parts = []
-    for k in keys:
-        a, b = old.get(k, "<missing>"), new.get(k, "<missing>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            sub = diff_configs(a, b, f"{prefix}{k}.")
-            parts += [sub] if sub else []
-        elif a != b:
-            parts.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return "; ".join(parts)
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: is {workdir!r} a lungseg_jax workdir?")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
-def write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def truncate_metrics(path: str, last_step: int) -> None:
-    """Drops records past ``last_step`` (written after the checkpoint a resume starts from)."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= last_step]
-    if len(kept) < len(lines):
-        write_atomic(path, "".join(kept))
-
-
-def append_metrics(path: str, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def check_finite(history: list, first_step: int) -> None:
     """Raises FloatingPointError naming the first step whose loss or gradient is not finite."""
     values = jax.device_get(history)
@@ -340,7 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                  "snapshots at steps %s; mesh %s", len(train_images), len(val_images),
                  config.data.image_size, config.data.image_size, total_steps, config.num_epochs,
                  steps_per_epoch, snapshot_steps, dict(mesh.shape))
-    prepare_workdir(workdir, config, write=is_chief)
+    rundir.prepare_workdir(workdir, config, write=is_chief)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
 
     # Model, optimizer, state: restored from the latest checkpoint when there is one.
@@ -356,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                                       abstract_train_state(config, model, tx, mesh))
         logging.info("Resumed from the checkpoint at step %d.", latest)
         if is_chief:
-            truncate_metrics(metrics_path, latest)
+            rundir.truncate_metrics(metrics_path, latest)
     start = int(state.step)
     if start >= total_steps:
         logging.info("Training already finished (step %d of %d) in %s.", start, total_steps,
@@ -394,7 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                         mesh).items()})
                     history, epoch_start_time = [], time.monotonic()
                     if is_chief:
-                        append_metrics(metrics_path, record)
+                        rundir.append_metrics(metrics_path, record)
                         if on_epoch_end is not None:
                             on_epoch_end(record)
                         logging.info(format_record(record, config.num_epochs))
@@ -447,7 +369,7 @@ def restore_variables(workdir: str, steps=None) -> Restored:
     ``steps`` defaults to the snapshots and the latest (final) checkpoint.
     Variables live on the first local device.
     """
-    config = load_config(workdir)
+    config = rundir.load_config(workdir)
     model = models.create_model(config.model)
     mesh = create_mesh(jax.local_devices()[:1])
     manager = checkpointing.create_manager(workdir, read_only=True)

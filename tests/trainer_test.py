@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from lungseg_jax import checkpointing, data, evaluation, trainer
+from lungseg_jax import checkpointing, data, evaluation, rundir, trainer
 
 
 def read_metrics(workdir):
@@ -71,17 +71,17 @@ def test_crash_then_resume_matches_uninterrupted_run(finished_run, tmp_path, mon
 def test_sigterm_saves_mid_epoch_and_resume_matches(finished_run, tmp_path, monkeypatch):
     config, reference_dir, _ = finished_run
     workdir = str(tmp_path)
-    real_append = trainer.append_metrics
+    real_append = rundir.append_metrics
 
     def append_then_sigterm(path, record):
         real_append(path, record)
         os.kill(os.getpid(), signal.SIGTERM)  # seen by the loop at the next step
 
-    monkeypatch.setattr(trainer, "append_metrics", append_then_sigterm)
+    monkeypatch.setattr(rundir, "append_metrics", append_then_sigterm)
     with pytest.raises(trainer.Preempted, match="step 5"):
         trainer.train_and_evaluate(config, workdir)
     assert checkpointing.create_manager(workdir, read_only=True).latest_step() == 5
-    monkeypatch.setattr(trainer, "append_metrics", real_append)
+    monkeypatch.setattr(rundir, "append_metrics", real_append)
     trainer.train_and_evaluate(config, workdir)
     # Epoch 2 straddles the stop; its record still equals the uninterrupted one.
     assert deterministic(read_metrics(workdir)) == deterministic(read_metrics(reference_dir))
@@ -109,8 +109,11 @@ def test_one_and_two_devices_give_the_same_run(tiny_config, tmp_path):
     one = trainer.train_and_evaluate(tiny_config, str(tmp_path / "one"), jax.devices()[:1])
     two = trainer.train_and_evaluate(tiny_config, str(tmp_path / "two"), jax.devices())
     a, b = deterministic(read_metrics(tmp_path / "one")), deterministic(read_metrics(tmp_path / "two"))
-    for key in ("train_loss", "grad_norm", "learning_rate", "val_loss"):
+    for key in ("train_loss", "grad_norm", "learning_rate"):
         np.testing.assert_allclose(a[0][key], b[0][key], rtol=1e-5, err_msg=key)
+    # Evaluation mode reads BatchNorm running means, which carry the conv biases whose
+    # float noise Adam scales to full steps (see below): agreement to 1e-4 is what remains.
+    np.testing.assert_allclose(a[0]["val_loss"], b[0]["val_loss"], rtol=1e-4)
     # Thresholded metrics flip a pixel or two where float noise crosses 0 logits.
     for key in ("val_pooled_iou", "val_mean_iou", "val_mean_dice"):
         np.testing.assert_allclose(a[0][key], b[0][key], atol=5e-3, err_msg=key)
