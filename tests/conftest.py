@@ -34,3 +34,20 @@ def tiny_config():
     config.eval_batch_size = 4
     config.schedule.num_cycles = 2
     return config
+
+
+@pytest.fixture
+def crash_after_first_checkpoint(monkeypatch):
+    """Makes checkpoint saves raise KeyboardInterrupt (a simulated kill) once written;
+    calling the returned function restores normal saving."""
+    from lungseg_jax import checkpointing
+
+    real_save = checkpointing.save
+
+    def save_then_crash(manager, state):
+        real_save(manager, state)
+        manager.wait_until_finished()
+        raise KeyboardInterrupt("simulated kill after a checkpoint")
+
+    monkeypatch.setattr(checkpointing, "save", save_then_crash)
+    return lambda: monkeypatch.setattr(checkpointing, "save", real_save)

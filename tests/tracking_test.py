@@ -12,7 +12,7 @@ mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from conftest import REPO  # noqa: E402
-from lungseg_jax import checkpointing, data, evaluation, exported, tracking, trainer  # noqa: E402
+from lungseg_jax import data, evaluation, exported, tracking, trainer  # noqa: E402
 
 
 def tracked_config():
@@ -93,23 +93,16 @@ def test_logged_model_predicts_like_the_export(tracked_run):
     assert export.ensemble(inputs).shape == (2, 32, 32)
 
 
-def test_resumed_training_continues_the_same_run(tmp_path, monkeypatch):
+def test_resumed_training_continues_the_same_run(tmp_path, monkeypatch,
+                                                 crash_after_first_checkpoint):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store.db'}")
     workdir = str(tmp_path / "run")
     config = tracked_config()
-    real_save = checkpointing.save
-
-    def save_then_crash(manager, state):
-        real_save(manager, state)
-        manager.wait_until_finished()
-        raise KeyboardInterrupt("simulated kill after the first checkpoint")
-
-    monkeypatch.setattr(checkpointing, "save", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         train_tracked(config, workdir, finish=False)
     client = MlflowClient(f"sqlite:///{tmp_path / 'store.db'}")
     assert the_run(workdir, client).info.status == "KILLED"
-    monkeypatch.setattr(checkpointing, "save", real_save)
+    crash_after_first_checkpoint()  # saves work again
     train_tracked(config, workdir, finish=False)
     run = the_run(workdir, client)
     assert run.info.status == "FINISHED"

@@ -47,21 +47,14 @@ def test_run_learns_writes_metrics_and_keeps_snapshots(finished_run):
     assert int(state.step) == 8
 
 
-def test_crash_then_resume_matches_uninterrupted_run(finished_run, tmp_path, monkeypatch):
+def test_crash_then_resume_matches_uninterrupted_run(finished_run, tmp_path,
+                                                    crash_after_first_checkpoint):
     config, reference_dir, reference = finished_run
     workdir = str(tmp_path)
-    real_save = checkpointing.save
-
-    def save_then_crash(manager, state):
-        real_save(manager, state)
-        manager.wait_until_finished()
-        raise KeyboardInterrupt("simulated kill after the first checkpoint")
-
-    monkeypatch.setattr(checkpointing, "save", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         trainer.train_and_evaluate(config, workdir)
     assert [r["step"] for r in read_metrics(workdir)] == [4]
-    monkeypatch.setattr(checkpointing, "save", real_save)
+    crash_after_first_checkpoint()  # saves work again
     resumed = trainer.train_and_evaluate(config, workdir)
     assert deterministic(read_metrics(workdir)) == deterministic(read_metrics(reference_dir))
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params),
