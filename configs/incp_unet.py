@@ -5,7 +5,8 @@
     python -m lungseg_jax.evaluate --workdir runs/incp --data_dir SPLIT/test \
         --output runs/incp/test.json
 
-Trains at 128x128 (evaluated at 512x512). Measured run time and result: README, "Results".
+Trains at 128x128 (evaluated at 512x512). Not yet trained to the end here; the same
+model with snapshots (``incp_unet_snapshot``) is measured in README, "Results".
 """
 
 from configs import incp_unet_snapshot
