@@ -12,7 +12,6 @@ Design:
   step is all the state a resume needs besides the arrays.
 """
 
-import json
 import os
 import signal
 import threading

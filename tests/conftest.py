@@ -1,5 +1,6 @@
 """Test set-up: two forced CPU devices (data-parallel paths), fast-compiling JAX, tiny configs."""
 
+import json
 import os
 
 # Must happen before JAX initialises its backends.
@@ -16,6 +17,15 @@ NO_REAL_DATA = ("the real dataset is not at ../shared/data/finding-lungs-in-ct-d
                 "(only present on the project's development machines)")
 
 runtime.setup_jax()
+
+TIMING_FIELDS = ("images_per_sec", "epoch_seconds")
+
+
+def deterministic_metrics(workdir):
+    """A run's ``metrics.jsonl`` records without the timing fields (which vary run to run)."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMING_FIELDS}
+                for line in f]
 
 
 @pytest.fixture

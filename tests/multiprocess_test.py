@@ -1,6 +1,5 @@
 """Multi-process training: two processes (one CPU device each, over 127.0.0.1) vs one with two."""
 
-import json
 import os
 import socket
 import subprocess
@@ -9,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, deterministic_metrics
 from lungseg_jax import checkpointing, data, distributed, trainer
 
 TINY = ["--config.model.features=(4,8)", "--config.data.image_size=32",
@@ -56,13 +55,6 @@ def run_processes(commands, env, log_prefix):
                 proc.kill()
                 proc.wait()
     return [log.read_text() for log in logs]
-
-
-def deterministic_metrics(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
-    return [{k: v for k, v in r.items() if k not in ("images_per_sec", "epoch_seconds")}
-            for r in records]
 
 
 def final_predictions(workdir):

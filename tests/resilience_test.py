@@ -5,7 +5,6 @@ bit-identical to an uninterrupted run; a diverging run must stop naming the step
 and leave the last finite checkpoint as the latest.
 """
 
-import json
 import os
 import random
 import signal
@@ -17,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, deterministic_metrics
 from lungseg_jax import checkpointing, trainer
 
 # The conv U-Net: fewer arrays than the inception one, so a checkpoint every step stays cheap.
@@ -76,13 +75,6 @@ def interrupt(workdir, signum, after_step: int, extra_delay: float):
     return proc.returncode, log.read_text(), seen
 
 
-def read_metrics(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f]
-    return [{k: v for k, v in r.items() if k not in ("images_per_sec", "epoch_seconds")}
-            for r in records]
-
-
 def final_variables(workdir):
     restored = trainer.restore_variables(str(workdir))
     assert restored.final_step == TOTAL_STEPS
@@ -90,7 +82,7 @@ def final_variables(workdir):
 
 
 def assert_bit_identical(workdir, reference_dir):
-    assert read_metrics(workdir) == read_metrics(reference_dir)
+    assert deterministic_metrics(workdir) == deterministic_metrics(reference_dir)
     jax.tree.map(np.testing.assert_array_equal, final_variables(workdir),
                  final_variables(reference_dir))
 
@@ -101,7 +93,7 @@ def reference_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     status, output = run(workdir)
     assert status == 0, output[-3000:]
-    assert [r["step"] for r in read_metrics(workdir)] == [4, 8]
+    assert [r["step"] for r in deterministic_metrics(workdir)] == [4, 8]
     return workdir
 
 

@@ -10,18 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, deterministic_metrics
 from lungseg_jax import checkpointing, data, evaluation, rundir, trainer
 
 
 def read_metrics(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
-
-
-def deterministic(records):
-    timing = ("images_per_sec", "epoch_seconds")
-    return [{k: v for k, v in r.items() if k not in timing} for r in records]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +51,7 @@ def test_crash_then_resume_matches_uninterrupted_run(finished_run, tmp_path,
     assert [r["step"] for r in read_metrics(workdir)] == [4]
     crash_after_first_checkpoint()  # saves work again
     resumed = trainer.train_and_evaluate(config, workdir)
-    assert deterministic(read_metrics(workdir)) == deterministic(read_metrics(reference_dir))
+    assert deterministic_metrics(workdir) == deterministic_metrics(reference_dir)
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params),
                  jax.device_get(reference.params))
 
@@ -77,7 +72,7 @@ def test_sigterm_saves_mid_epoch_and_resume_matches(finished_run, tmp_path, monk
     monkeypatch.setattr(rundir, "append_metrics", real_append)
     trainer.train_and_evaluate(config, workdir)
     # Epoch 2 straddles the stop; its record still equals the uninterrupted one.
-    assert deterministic(read_metrics(workdir)) == deterministic(read_metrics(reference_dir))
+    assert deterministic_metrics(workdir) == deterministic_metrics(reference_dir)
 
 
 def test_finished_run_returns_at_once(finished_run, caplog):
@@ -101,7 +96,7 @@ def test_one_and_two_devices_give_the_same_run(tiny_config, tmp_path):
     tiny_config.num_epochs = 1
     one = trainer.train_and_evaluate(tiny_config, str(tmp_path / "one"), jax.devices()[:1])
     two = trainer.train_and_evaluate(tiny_config, str(tmp_path / "two"), jax.devices())
-    a, b = deterministic(read_metrics(tmp_path / "one")), deterministic(read_metrics(tmp_path / "two"))
+    a, b = deterministic_metrics(tmp_path / "one"), deterministic_metrics(tmp_path / "two")
     for key in ("train_loss", "grad_norm", "learning_rate"):
         np.testing.assert_allclose(a[0][key], b[0][key], rtol=1e-5, err_msg=key)
     # Evaluation mode reads BatchNorm running means, which carry the conv biases whose
