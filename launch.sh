@@ -12,7 +12,8 @@ topology from the TPU metadata). Three steps, each over `gcloud compute tpus tpu
 
   1. sync:    packs this checkout's committed files (git archive HEAD) and copies them
               to ~/lungseg_jax on every worker (scp --worker=all)
-  2. install: a venv in ~/lungseg_jax/.venv with the package and jax[tpu] (ssh --worker=all)
+  2. install: a venv in ~/lungseg_jax/.venv with the package and jax[tpu], plus the [gcs]
+              extra for a gs:// WORKDIR (ssh --worker=all)
   3. train:   python -m lungseg_jax.train --config CONFIG --workdir WORKDIR --multihost
               TRAIN_FLAGS... on every worker at once (ssh --worker=all)
 
@@ -23,8 +24,9 @@ Required:
   --tpu NAME          TPU VM name (gcloud compute tpus tpu-vm list)
   --zone ZONE         its zone, e.g. us-central2-b
   --config CONFIG     config file relative to the repo root, e.g. configs/incp_unet_snapshot.py
-  --workdir WORKDIR   run directory every worker can reach: a gs:// bucket path or a shared
-                      mount (checkpoints are written by all workers together)
+  --workdir WORKDIR   run directory every worker can reach: a gs:// bucket path (the
+                      workers' service account needs write access) or a shared mount
+                      (checkpoints are written by all workers together)
 Options:
   --project PROJECT   Google Cloud project (default: gcloud's configured one)
   --jax-spec SPEC     what pip installs for JAX (default: 'jax[tpu]>=0.10.2,<0.11')
@@ -93,8 +95,10 @@ if ((SYNC)); then
   ((DRY_RUN)) || rm -f "$ARCHIVE"
 fi
 if ((INSTALL)); then
+  PACKAGE=.
+  [[ "$WORKDIR" == gs://* ]] && PACKAGE='.[gcs]'  # gcsfs and google-cloud-storage
   run "${GCLOUD[@]}" ssh "$TPU" "${WHERE[@]}" --command \
-    "cd $REMOTE_DIR && python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e . $(quote "$JAX_SPEC")"
+    "cd $REMOTE_DIR && python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e $(quote "$PACKAGE" "$JAX_SPEC")"
 fi
 TRAIN=(.venv/bin/python -m lungseg_jax.train --config "$CONFIG" --workdir "$WORKDIR" --multihost
        "${TRAIN_FLAGS[@]}")

@@ -3,20 +3,23 @@
 ``WORKDIR/checkpoints/<step>/`` holds the whole train state (params, BatchNorm
 statistics, optimizer state, step). Orbax writes each checkpoint to a temporary
 directory and renames it when complete, so a run killed mid-save leaves the
-previous checkpoints intact.
+previous checkpoints intact. On ``gs://`` (no rename there) orbax marks a complete
+checkpoint with a ``commit_success.txt`` file instead.
 """
 
-import os
-
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
-
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+from lungseg_jax import rundir
 
 
-def create_manager(workdir: str, snapshot_steps=(), keep_latest: int = 2,
+def checkpoint_dir(workdir: epath.PathLike) -> epath.Path:
+    """``WORKDIR/checkpoints``, absolute as orbax needs it (URIs such as ``gs://`` as given)."""
+    return rundir.absolute(workdir) / "checkpoints"
+
+
+def create_manager(workdir: epath.PathLike, snapshot_steps=(), keep_latest: int = 2,
                    read_only: bool = False) -> ocp.CheckpointManager:
     """A manager that keeps the latest ``keep_latest`` checkpoints plus ``snapshot_steps``.
 

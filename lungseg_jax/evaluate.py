@@ -14,6 +14,7 @@ import json
 import os
 
 from absl import app, flags
+from etils import epath
 
 from lungseg_jax import evaluation, runtime
 
@@ -44,8 +45,7 @@ def main(argv):
         ensemble_last=FLAGS.ensemble_last, tta=FLAGS.tta, postprocess=FLAGS.postprocess,
         select_on_validation=FLAGS.select_on_validation,
         report_prefix=os.path.splitext(FLAGS.output)[0])
-    with open(FLAGS.output, "w") as f:
-        json.dump(result, f, indent=2)
+    epath.Path(FLAGS.output).write_text(json.dumps(result, indent=2))
     print(evaluation.format_table(result))
 
 

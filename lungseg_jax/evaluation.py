@@ -18,6 +18,7 @@ from typing import NamedTuple
 import cv2
 import jax
 import numpy as np
+from etils import epath
 
 from lungseg_jax import data, metrics, report, trainer
 
@@ -144,9 +145,10 @@ def validation_slices(config) -> data.Slices:
     return slices.subset(val_idx)
 
 
-def evaluate_workdir(workdir: str, data_dir: str, threshold: float = 0.5, batch_size: int = 8,
-                     ensemble_last: int = 0, tta: bool = False, postprocess: bool = False,
-                     select_on_validation: bool = True, report_prefix: str | None = None) -> dict:
+def evaluate_workdir(workdir: epath.PathLike, data_dir: str, threshold: float = 0.5,
+                     batch_size: int = 8, ensemble_last: int = 0, tta: bool = False,
+                     postprocess: bool = False, select_on_validation: bool = True,
+                     report_prefix: epath.PathLike | None = None) -> dict:
     """The evaluate CLI's result on ``data_dir``.
 
     ``final``, ``snapshots`` and ``ensemble`` (last ``ensemble_last`` snapshots, 0: all) are

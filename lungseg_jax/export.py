@@ -4,17 +4,17 @@
 
 Writes ``snapshot_<step>.jax`` per chosen snapshot, ``ensemble.jax`` (mean of their
 probabilities), ``metadata.json`` and a copy of the training ``config.json``.
-Load them with ``lungseg_jax.exported.ExportedModel`` (jax and numpy only).
+Load them with ``lungseg_jax.exported.ExportedModel`` (jax and numpy only). The workdir
+and the export directory may be ``etils.epath`` URIs such as ``gs://bucket/run``.
 """
 
 import hashlib
 import json
-import os
-import shutil
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
+from etils import epath
 
 from lungseg_jax import exported, rundir, runtime, trainer
 
@@ -40,14 +40,15 @@ def _serialize(fn, input_shape: tuple, platforms) -> bytearray:
     return jax.export.export(jax.jit(fn), platforms=platforms)(spec).serialize()
 
 
-def write_export(output: str, members: dict, input_shape: tuple, metadata: dict,
+def write_export(output: epath.PathLike, members: dict, input_shape: tuple, metadata: dict,
                  platforms=PLATFORMS) -> dict:
     """Serializes each ``members[step]`` (inputs -> probabilities) and their mean.
 
     Writes ``output/metadata.json``: ``metadata`` plus the format, input shape,
     snapshot steps and file names. Returns the written metadata.
     """
-    os.makedirs(output, exist_ok=True)
+    output = epath.Path(output)
+    output.mkdir(parents=True, exist_ok=True)
     steps = list(members)
     files = {"ensemble": "ensemble.jax",
              "snapshots": {str(s): f"snapshot_{s}.jax" for s in steps}}
@@ -57,18 +58,16 @@ def write_export(output: str, members: dict, input_shape: tuple, metadata: dict,
 
     for name, fn in [(files["snapshots"][str(s)], members[s]) for s in steps] + \
             [(files["ensemble"], ensemble)]:
-        with open(os.path.join(output, name), "wb") as f:
-            f.write(_serialize(fn, input_shape, platforms))
+        (output / name).write_bytes(_serialize(fn, input_shape, platforms))
     metadata = {"format": exported.FORMAT, **metadata, "input_size": input_shape[0],
                 "channels": input_shape[2], "snapshot_steps": steps,
                 "platforms": list(platforms), "jax_version": jax.__version__, "files": files}
-    rundir.write_atomic(os.path.join(output, exported.METADATA),
-                         json.dumps(metadata, indent=2) + "\n")
+    rundir.write_atomic(output / exported.METADATA, json.dumps(metadata, indent=2) + "\n")
     return metadata
 
 
-def export_workdir(workdir: str, output: str, snapshots: str = "all", threshold: float = 0.5,
-                   platforms=PLATFORMS) -> dict:
+def export_workdir(workdir: epath.PathLike, output: epath.PathLike, snapshots: str = "all",
+                   threshold: float = 0.5, platforms=PLATFORMS) -> dict:
     """Exports the chosen snapshots of ``workdir`` to ``output``; returns the metadata."""
     restored = trainer.restore_variables(workdir)
     steps = choose_snapshots(restored.snapshot_steps or [restored.final_step], snapshots)
@@ -78,16 +77,15 @@ def export_workdir(workdir: str, output: str, snapshots: str = "all", threshold:
         return lambda images: jax.nn.sigmoid(
             model.apply(variables, images, train=False)[..., 0].astype(jnp.float32))
 
-    config_path = os.path.join(workdir, "config.json")
-    with open(config_path, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
+    config_bytes = (epath.Path(workdir) / "config.json").read_bytes()
+    digest = hashlib.sha256(config_bytes).hexdigest()
     metadata = write_export(
         output, {s: probabilities(restored.variables[s]) for s in steps},
         (config.data.image_size, config.data.image_size, config.data.channels),
         {"model": config.model.name, "hu_min": config.data.hu_min, "hu_max": config.data.hu_max,
          "threshold": threshold, "final_step": restored.final_step, "config_sha256": digest},
         platforms)
-    shutil.copyfile(config_path, os.path.join(output, "config.json"))
+    (epath.Path(output) / "config.json").write_bytes(config_bytes)
     return metadata
 
 

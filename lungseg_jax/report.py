@@ -5,22 +5,25 @@
     PREFIX_worst<k>_<name>.png  overlays (slice, truth, prediction, uncertainty) of the
     PREFIX_best<k>_<name>.png   worst and best slices by IoU
     PREFIX_curves.png           training curves from WORKDIR/metrics.jsonl
+
+PREFIX and WORKDIR may be ``etils.epath`` URIs such as ``gs://bucket/run/evaluation``.
 """
 
 import csv
+import io
 import json
 import math
-import os
 
 import cv2
 import matplotlib
+from etils import epath
 from matplotlib import ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lungseg_jax import data, metrics  # noqa: E402
+from lungseg_jax import data, metrics, rundir  # noqa: E402
 
 NUM_OVERLAYS = 3  # worst and best slices drawn each
 CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
@@ -60,11 +63,19 @@ def per_image_rows(names, predictions, masks, counts) -> list:
     return rows
 
 
-def write_csv(path: str, rows: list) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["name", "iou", "dice", "hd95"])
-        writer.writeheader()
-        writer.writerows(rows)
+def write_csv(path: epath.Path, rows: list) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=["name", "iou", "dice", "hd95"])
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(text.getvalue())
+
+
+def save_figure(fig, path: epath.Path) -> None:
+    """Writes ``fig`` as a PNG to ``path`` (through epath: local or object store) and closes it."""
+    with path.open("wb") as f:
+        fig.savefig(f, format="png", dpi=80)
+    plt.close(fig)
 
 
 def overlay_choice(rows: list) -> list:
@@ -76,7 +87,8 @@ def overlay_choice(rows: list) -> list:
             + [(f"best{k + 1}", i) for k, i in enumerate(best)])
 
 
-def write_overlay(path: str, image, truth, pred, uncertainty, data_config, row: dict) -> None:
+def write_overlay(path: epath.Path, image, truth, pred, uncertainty, data_config,
+                  row: dict) -> None:
     """One row of panels: slice, truth, prediction (errors coloured), uncertainty."""
     gray = data.window(image, data_config.hu_min, data_config.hu_max)
     truth, pred = truth > 0, pred > 0
@@ -100,11 +112,10 @@ def write_overlay(path: str, image, truth, pred, uncertainty, data_config, row: 
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def write_curves(path: str, records: list) -> None:
+def write_curves(path: epath.Path, records: list) -> None:
     """Losses, validation IoU/Dice and learning rate per epoch."""
     epochs = [r["epoch"] for r in records]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
@@ -120,17 +131,15 @@ def write_curves(path: str, records: list) -> None:
         ax.legend(fontsize=8)
     axes[0].set_yscale("log")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
-def read_metrics(workdir: str) -> list:
+def read_metrics(workdir: epath.PathLike) -> list:
     """Per-epoch records of ``WORKDIR/metrics.jsonl`` ([] when the file is missing)."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def metrics_table(first: str, rows, with_validation: dict | None = None) -> list:
@@ -177,22 +186,23 @@ def markdown(result: dict, workdir: str, rows: list, csv_name: str, overlays: li
     return "\n".join(lines) + "\n"
 
 
-def write_report(prefix: str, result: dict, workdir: str, data_config, slices: data.Slices,
-                 predictions: list, counts, uncertainty: list) -> None:
+def write_report(prefix: epath.PathLike, result: dict, workdir: epath.PathLike, data_config,
+                 slices: data.Slices, predictions: list, counts, uncertainty: list) -> None:
     """Writes the files listed in the module docstring for ``result['report_variant']``."""
-    folder, stem = os.path.split(os.path.abspath(prefix))
-    os.makedirs(folder, exist_ok=True)
+    prefix = rundir.absolute(prefix)
+    folder, stem = prefix.parent, prefix.name
+    folder.mkdir(parents=True, exist_ok=True)
     rows = per_image_rows(slices.names, predictions, slices.masks, counts)
-    write_csv(os.path.join(folder, stem + ".csv"), rows)
+    write_csv(folder / (stem + ".csv"), rows)
     overlays = []
     for label, i in overlay_choice(rows):
         file = f"{stem}_{label}_{rows[i]['name']}.png"
-        write_overlay(os.path.join(folder, file), slices.images[i], slices.masks[i],
+        write_overlay(folder / file, slices.images[i], slices.masks[i],
                       predictions[i], uncertainty[i], data_config, rows[i])
         overlays.append((label, i, file))
     records = read_metrics(workdir)
     curves_name = f"{stem}_curves.png" if records else None
     if records:
-        write_curves(os.path.join(folder, curves_name), records)
-    with open(os.path.join(folder, stem + ".md"), "w") as f:
-        f.write(markdown(result, workdir, rows, stem + ".csv", overlays, curves_name))
+        write_curves(folder / curves_name, records)
+    summary = markdown(result, workdir, rows, stem + ".csv", overlays, curves_name)
+    (folder / (stem + ".md")).write_text(summary)

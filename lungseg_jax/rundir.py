@@ -3,12 +3,16 @@
     WORKDIR/config.json      the config the run was started with
     WORKDIR/metrics.jsonl    one JSON record per epoch
     WORKDIR/checkpoints/     orbax checkpoints (see checkpointing.py)
+
+WORKDIR is a local path or any URI that ``etils.epath`` opens (``gs://bucket/run``:
+``pip install -e ".[gcs]"``); every file here goes through ``epath``.
 """
 
 import json
 import os
 
 import ml_collections
+from etils import epath
 
 
 def config_to_dict(config) -> dict:
@@ -19,14 +23,23 @@ def config_to_dict(config) -> dict:
 RESUMABLE_SECTIONS = ("tracking",)
 
 
-def prepare_workdir(workdir: str, config, write: bool) -> None:
+def is_local(path: epath.PathLike) -> bool:
+    """Whether ``path`` is on a local (or mounted) filesystem, not a ``gs://``-style URI."""
+    return "://" not in os.fspath(path)
+
+
+def absolute(path: epath.PathLike) -> epath.Path:
+    """``path`` as an ``epath.Path``: local paths made absolute, URIs as they are."""
+    return epath.Path(os.path.abspath(path) if is_local(path) else path)
+
+
+def prepare_workdir(workdir: epath.PathLike, config, write: bool) -> None:
     """Refuses a workdir of a different run (every process checks, so none waits on a
     refused chief); with ``write``, creates the workdir and records the config."""
-    path = os.path.join(workdir, "config.json")
+    path = epath.Path(workdir) / "config.json"
     new = config_to_dict(config)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
+    if path.exists():
+        old = json.loads(path.read_text())
         diff = diff_configs(*({k: v for k, v in c.items() if k not in RESUMABLE_SECTIONS}
                               for c in (old, new)))
         if diff:
@@ -34,7 +47,7 @@ def prepare_workdir(workdir: str, config, write: bool) -> None:
                              "re-run with its original config to resume, or use a new --workdir "
                              "(or delete this one) to start fresh")
     if write:
-        os.makedirs(workdir, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
 
 
@@ -51,17 +64,22 @@ def diff_configs(old: dict, new: dict, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
+def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
     """The config a workdir was trained with."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {workdir!r} a lungseg_jax workdir?")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
+def write_atomic(path: epath.PathLike, text: str) -> None:
+    """Replaces ``path`` by ``text`` all at once: a local file through a synced temporary
+    file renamed over it; an object (``gs://``) in one upload, which the store makes atomic
+    (it has no atomic rename)."""
+    if not is_local(path):
+        epath.Path(path).write_text(text)
+        return
+    tmp = f"{os.fspath(path)}.tmp"
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
@@ -69,19 +87,26 @@ def write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
-def truncate_metrics(path: str, last_step: int) -> None:
+def truncate_metrics(path: epath.PathLike, last_step: int) -> None:
     """Drops records past ``last_step`` (written after the checkpoint a resume starts from)."""
-    if not os.path.exists(path):
+    path = epath.Path(path)
+    if not path.exists():
         return
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
+    lines = [line for line in path.read_text().splitlines(keepends=True) if line.strip()]
     kept = [line for line in lines if json.loads(line)["step"] <= last_step]
     if len(kept) < len(lines):
         write_atomic(path, "".join(kept))
 
 
-def append_metrics(path: str, record: dict) -> None:
+def append_metrics(path: epath.PathLike, record: dict) -> None:
+    """Appends one record: in place (synced) locally; an object store cannot append, so
+    there the whole (small) file is rewritten in one upload."""
+    line = json.dumps(record) + "\n"
+    if not is_local(path):
+        path = epath.Path(path)
+        write_atomic(path, (path.read_text() if path.exists() else "") + line)
+        return
     with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(line)
         f.flush()
         os.fsync(f.fileno())

@@ -4,7 +4,8 @@ Logs the flattened config as params, each epoch's record (``metrics.jsonl``) as
 metrics at its step, and at the end ``config.json``, ``metrics.jsonl``, the
 evaluation (when one was run) and the exported snapshot ensemble as an MLflow
 pyfunc model. The tracking URI is ``$MLFLOW_TRACKING_URI`` or a sqlite file in
-the workdir, so no server is needed. The run id is kept in ``WORKDIR/mlflow_run_id``:
+the workdir, so no server is needed; a ``gs://`` workdir needs ``$MLFLOW_TRACKING_URI``
+(refused before training otherwise). The run id is kept in ``WORKDIR/mlflow_run_id``:
 a resumed training continues the same MLflow run. Only process 0 logs.
 """
 
@@ -15,6 +16,9 @@ import pathlib
 import re
 
 import jax
+from etils import epath
+
+from lungseg_jax import rundir
 
 RUN_ID_FILE = "mlflow_run_id"
 EXPORT_DIR = "export"
@@ -38,8 +42,17 @@ def workdir_uri(workdir: str) -> str:
 
 
 def tracking_uri(workdir: str) -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else the workdir's own store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or workdir_uri(workdir)
+    """``$MLFLOW_TRACKING_URI`` if set, else the workdir's own store (a local workdir's only:
+    sqlite cannot live in an object store such as ``gs://``)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    if not rundir.is_local(workdir):
+        raise ValueError(f"config.tracking.mlflow=True with --workdir={workdir}: MLflow's "
+                         "default store is a sqlite file in the workdir, which must then be "
+                         "local; set MLFLOW_TRACKING_URI to a local sqlite file "
+                         "(sqlite:////abs/path/mlflow.db) or an MLflow server (http://HOST:5000)")
+    return workdir_uri(workdir)
 
 
 def flatten_config(tree: dict, prefix: str = "") -> dict:
@@ -85,6 +98,8 @@ class Tracker:
 
     def __init__(self, config, workdir: str):
         self.config, self.workdir = config, workdir
+        # Resolved on every process, so a workdir without a store fails everywhere at once.
+        self.uri = tracking_uri(workdir) if config.tracking.mlflow else None
         self.enabled = bool(config.tracking.mlflow) and jax.process_index() == 0
         self.mlflow = import_mlflow() if self.enabled else None
         self.run_id = None
@@ -105,18 +120,17 @@ class Tracker:
         if self.run_id is not None:
             return
         mlflow = self.mlflow
-        mlflow.set_tracking_uri(tracking_uri(self.workdir))
-        path = os.path.join(self.workdir, RUN_ID_FILE)
-        stored = open(path).read().strip() if os.path.exists(path) else None
+        mlflow.set_tracking_uri(self.uri)
+        path = epath.Path(self.workdir) / RUN_ID_FILE
+        stored = path.read_text().strip() if path.exists() else None
         run_id = stored or os.environ.get("MLFLOW_RUN_ID")
         if run_id is None:
             self._set_experiment(self.config.tracking.experiment)
         self.run_id = mlflow.start_run(run_id=run_id).info.run_id
         if stored is None:
             mlflow.log_params(flatten_config(json.loads(self.config.to_json_best_effort())))
-            os.makedirs(self.workdir, exist_ok=True)
-            with open(path, "w") as f:
-                f.write(self.run_id + "\n")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.run_id + "\n")
 
     def _set_experiment(self, name: str) -> None:
         """Activates experiment ``name``; one created in the workdir's own store keeps its
@@ -144,12 +158,12 @@ class Tracker:
 
         self._start()
         for name in ("config.json", "metrics.jsonl"):
-            path = os.path.join(self.workdir, name)
-            if os.path.exists(path):
-                self.mlflow.log_artifact(path)
+            path = epath.Path(self.workdir) / name
+            if path.exists():
+                self.mlflow.log_text(path.read_text(), name)
         if evaluation is not None:
             self.mlflow.log_metrics(evaluation_metrics(evaluation))
             self.mlflow.log_dict(evaluation, "evaluation.json")
-        export_dir = os.path.join(self.workdir, EXPORT_DIR)
+        export_dir = epath.Path(self.workdir) / EXPORT_DIR
         export.export_workdir(self.workdir, export_dir)
-        mlflow_model.log_model(export_dir)
+        mlflow_model.log_model(os.fspath(export_dir))  # mlflow downloads a gs:// directory

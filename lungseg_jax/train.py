@@ -10,11 +10,11 @@ stopped on SIGTERM after saving a checkpoint (re-run the command to resume),
 """
 
 import json
-import os
 import sys
 
 import jax
 from absl import app, flags, logging
+from etils import epath
 from ml_collections import config_flags
 
 from lungseg_jax import distributed, rundir, runtime, tracking, trainer
@@ -51,8 +51,8 @@ def evaluate_test_set(workdir: str, data_dir: str) -> dict | None:
     from lungseg_jax import evaluation  # only needed here
 
     result = evaluation.evaluate_workdir(workdir, data_dir,
-                                         report_prefix=os.path.join(workdir, "evaluation"))
-    rundir.write_atomic(os.path.join(workdir, "evaluation.json"),
+                                         report_prefix=epath.Path(workdir) / "evaluation")
+    rundir.write_atomic(epath.Path(workdir) / "evaluation.json",
                         json.dumps(result, indent=2) + "\n")
     print(evaluation.format_table(result))
     return result

@@ -12,7 +12,6 @@ Design:
   step is all the state a resume needs besides the arrays.
 """
 
-import os
 import signal
 import threading
 import time
@@ -25,6 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from orbax.checkpoint import multihost as ocp_multihost
@@ -262,7 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                  config.data.image_size, config.data.image_size, total_steps, config.num_epochs,
                  steps_per_epoch, snapshot_steps, dict(mesh.shape))
     rundir.prepare_workdir(workdir, config, write=is_chief)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    metrics_path = epath.Path(workdir) / "metrics.jsonl"
 
     # Model, optimizer, state: restored from the latest checkpoint when there is one.
     model = models.create_model(config.model)
