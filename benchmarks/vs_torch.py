@@ -91,7 +91,7 @@ def main():
               f"{', '.join(f'{x:.2f}' for x in r['ratios'])} |")
 
     if args.memory_size:
-        print(f"\n| model | size | ours peak RSS MB | torch (eager NCHW) peak RSS MB |\n"
+        print("\n| model | size | ours peak RSS MB | torch (eager NCHW) peak RSS MB |\n"
               "|---|---|---|---|")
         for model in sorted({c.split(':')[0] for c in args.cases.split(",")}):
             _, our_mb = ours(model, args.memory_size, 2)

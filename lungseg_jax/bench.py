@@ -7,8 +7,9 @@ Prints one JSON line per case and then a table:
 * ``"case": "train_step"``: cold compile time (empty persistent cache), compile time
   from the persistent cache, images/s (median step after warm-up, each step timed
   with ``block_until_ready``), achieved GFLOP/s from the analytical FLOP count
-  (3x the forward convolutions, the peer's convention), XLA's own FLOP count, and
-  memory (XLA's buffer plan and the process' peak resident set).
+  (3x the forward convolutions, the peer's convention), XLA's own FLOP and byte counts
+  (the bytes give the achieved memory bandwidth), and memory (XLA's buffer plan, the
+  process' peak resident set, and the accelerator's peak where it reports one).
 * ``"case": "input_path"``: images/s of drawing and augmenting batches alone.
 """
 
@@ -87,6 +88,13 @@ def timed(fn, *args):
     return out, time.perf_counter() - start
 
 
+def device_peak_mb() -> float | None:
+    """Peak memory in use on the first device (GPU/TPU), None where it reports none (CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else round(peak / 2**20, 1)
+
+
 def median_seconds(run_once, steps: int, warmup: int) -> float:
     for _ in range(warmup):
         run_once()
@@ -117,7 +125,9 @@ def run_benchmark(config, steps: int, warmup: int, num_images: int) -> list:
     jax.clear_caches()
     _, cached_s = timed(train_step.lower(state, data).compile)
     memory = compiled.memory_analysis()
-    xla_flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+    cost = compiled.cost_analysis() or {}
+    xla_flops = cost.get("flops", float("nan"))
+    xla_bytes = cost.get("bytes accessed", float("nan"))
 
     def one_step():
         nonlocal state
@@ -135,9 +145,12 @@ def run_benchmark(config, steps: int, warmup: int, num_images: int) -> list:
              "analytical_gflop_per_step": round(flops / 1e9, 3),
              "achieved_gflop_per_s": round(flops / step_s / 1e9, 2),
              "xla_gflop_per_step": round(xla_flops / 1e9, 3),
+             "xla_gbyte_per_step": round(xla_bytes / 1e9, 3),
+             "achieved_gbyte_per_s": round(xla_bytes / step_s / 1e9, 1),
              "xla_buffer_mb": round((memory.temp_size_in_bytes + memory.argument_size_in_bytes
                                      + memory.output_size_in_bytes) / 2**20, 1),
-             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+             "device_peak_mb": device_peak_mb()}
 
     aug_key = trainer.rng_streams(config.seed)[2]
 
@@ -167,8 +180,12 @@ def format_table(results: list) -> str:
                          f"{train['xla_gflop_per_step']:.2f} by XLA)"),
             ("compile", f"{train['compile_cold_s']:.1f} s cold, "
                         f"{train['compile_cached_s']:.2f} s from the persistent cache"),
+            ("bandwidth", f"{train['achieved_gbyte_per_s']:.1f} GB/s "
+                          f"({train['xla_gbyte_per_step']:.2f} GB/step accessed, by XLA)"),
             ("memory", f"XLA buffers {train['xla_buffer_mb']:.0f} MB, "
-                       f"process peak RSS {train['peak_rss_mb']:.0f} MB"),
+                       f"process peak RSS {train['peak_rss_mb']:.0f} MB"
+                       + (f", device peak {train['device_peak_mb']:.0f} MB"
+                          if train["device_peak_mb"] is not None else "")),
             ("input path", f"{inputs['images_per_sec']:.1f} img/s "
                            f"({inputs['ratio_to_train_step']:.0f}x the step's consumption)")]
     return "\n".join(f"{name:<12} {value}" for name, value in rows)

@@ -35,4 +35,7 @@ def test_tiny_benchmark_reports_both_cases(tiny_config):
     assert train["images_per_sec"] > 0 and inputs["images_per_sec"] > 0
     assert train["compile_cold_s"] > 0 and train["compile_cached_s"] > 0
     assert train["achieved_gflop_per_s"] > 0 and train["xla_gflop_per_step"] > 0
+    # At least the parameters and the resident images are read each step.
+    assert train["xla_gbyte_per_step"] * 1e9 > 4 * 8 * tiny_config.data.image_size ** 2
+    assert train["device_peak_mb"] is None  # the CPU reports no device memory
     assert "img/s" in bench.format_table([train, inputs])
