@@ -1,6 +1,8 @@
 """The evaluation report written next to the metrics JSON (``PREFIX`` = its path less .json).
 
-    PREFIX.csv                  per image: name, IoU, Dice, HD95 (pixels)
+    PREFIX.csv                  per image: name, IoU, Dice, HD95 (pixels), and the pixel
+                                counts (intersection, union, predicted, true) that give
+                                the pooled IoU of any subset
     PREFIX.md                   summary: metrics, variants, per-image statistics, figures
     PREFIX_worst<k>_<name>.png  overlays (slice, truth, prediction, uncertainty) of the
     PREFIX_best<k>_<name>.png   worst and best slices by IoU
@@ -53,19 +55,23 @@ def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(np.percentile(np.concatenate([distance_to(b)[a], distance_to(a)[b]]), 95))
 
 
+CSV_FIELDS = ["name", "iou", "dice", "hd95", "intersection", "union", "predicted", "true"]
+
+
 def per_image_rows(names, predictions, masks, counts) -> list:
-    """[{'name', 'iou', 'dice', 'hd95'}] per image; ``counts`` from ``metrics.pixel_counts``."""
+    """One dict of CSV_FIELDS per image; ``counts`` from ``metrics.pixel_counts``."""
     rows = []
     for name, pred, mask, count in zip(names, predictions, masks, counts):
         summary = metrics.summarize(count)
         rows.append({"name": name, "iou": summary["mean_iou"], "dice": summary["mean_dice"],
-                     "hd95": hd95(pred, mask > 0)})
+                     "hd95": hd95(pred, mask > 0),
+                     **dict(zip(CSV_FIELDS[4:], (int(c) for c in np.asarray(count))))})
     return rows
 
 
 def write_csv(path: epath.Path, rows: list) -> None:
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=["name", "iou", "dice", "hd95"])
+    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS)
     writer.writeheader()
     writer.writerows(rows)
     path.write_text(text.getvalue())

@@ -122,8 +122,14 @@ def test_variants_validation_winner_and_report_files(workdir, test_dir, tmp_path
     with open(prefix + ".csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == [f"phantom_{i:04d}" for i in range(5)]
-    assert list(rows[0]) == ["name", "iou", "dice", "hd95"]
+    assert list(rows[0]) == ["name", "iou", "dice", "hd95", "intersection", "union",
+                             "predicted", "true"]
     scores = result["variants"][result["report_variant"]]
+    counts = np.array([[int(r[k]) for k in ("intersection", "union")] for r in rows])
+    np.testing.assert_allclose(counts[:, 0].sum() / counts[:, 1].sum(), scores["pooled_iou"])
+    np.testing.assert_allclose(counts[:, 0] / counts[:, 1], [float(r["iou"]) for r in rows])
+    truth = data.read_folder(test_dir).masks
+    assert [int(r["true"]) for r in rows] == [int((m > 0).sum()) for m in truth]
     np.testing.assert_allclose(np.mean([float(r["iou"]) for r in rows]), scores["mean_iou"])
     np.testing.assert_allclose(np.mean([float(r["dice"]) for r in rows]), scores["mean_dice"])
     assert all(float(r["hd95"]) >= 0 for r in rows)
