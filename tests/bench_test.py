@@ -34,6 +34,7 @@ def test_tiny_benchmark_reports_both_cases(tiny_config):
     assert train["case"] == "train_step" and inputs["case"] == "input_path"
     assert train["images_per_sec"] > 0 and inputs["images_per_sec"] > 0
     assert train["compile_cold_s"] > 0 and train["compile_cached_s"] > 0
+    assert train["trace_lower_s"] > 0
     assert train["achieved_gflop_per_s"] > 0 and train["xla_gflop_per_step"] > 0
     # At least the parameters and the resident images are read each step.
     assert train["xla_gbyte_per_step"] * 1e9 > 4 * 8 * tiny_config.data.image_size ** 2
