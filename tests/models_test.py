@@ -125,8 +125,14 @@ def test_float32_gradients_match_a_float64_reference():
     flat_got = jax.tree_util.tree_leaves_with_path(got)
     flat_want = dict(jax.tree_util.tree_leaves_with_path(want))
     for path, g in flat_got:
-        if "bias" in jax.tree_util.keystr(path) and "Conv" in jax.tree_util.keystr(path):
+        name = jax.tree_util.keystr(path)
+        if "bias" in name and "Conv" in name:
             continue  # conv biases before BatchNorm: true gradient 0, only noise to compare
+        # The four 1x1 kernels that read x itself: their gradient sum(x * g) cancels
+        # (x ~ 10 +- 0.03, sum(g) = 0 after BatchNorm) like E[x^2] - E[x]^2 does, so even
+        # exact BatchNorm leaves 2e-4..7e-4 of float32 noise there (by XLA's summation
+        # order); the fast-variance formula gives 1e-3..4e-3 on them.
+        reads_input = "InceptionBlock_0" in name and "kernel" in name and g.size == 4
         w = np.asarray(flat_want[path])
-        np.testing.assert_allclose(g, w, atol=1e-4 * np.abs(w).max() + 1e-9,
-                                   err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(g, w, atol=(1e-3 if reads_input else 1e-4) * np.abs(w).max()
+                                   + 1e-9, err_msg=name)
