@@ -15,7 +15,7 @@ post-processing, chosen on validation; 0.968 without the one mislabeled test sli
 The study reported 0.0. README, "Results".
 
 At the study's 512x512 (``--config.data.image_size=512``), measured 2026-11-26 on one
-NVIDIA H200 (three runs sharing it): 60 epochs in 3.4 min; pooled IoU 0.929, 0.952 with
+NVIDIA H200 (three runs sharing it): 60 epochs in 1.3 min; pooled IoU 0.929, 0.952 with
 two-component post-processing (chosen on validation), 0.975 without the mislabeled slice.
 """
 
