@@ -7,10 +7,11 @@ Prints one JSON line per case and then a table:
 * ``"case": "train_step"``: time to trace and lower the step (Python; paid on every
   start), XLA's cold compile time (empty persistent cache), XLA's compile time from the
   persistent cache (in the same process, after ``jax.clear_caches``), images/s (median
-  step after warm-up, each step timed with ``block_until_ready``), achieved GFLOP/s from the analytical FLOP count
-  (3x the forward convolutions, the peer's convention), XLA's own FLOP and byte counts
-  (the bytes give the achieved memory bandwidth), and memory (XLA's buffer plan, the
-  process' peak resident set, and the accelerator's peak where it reports one).
+  step after warm-up, each step timed with ``block_until_ready``), achieved GFLOP/s from
+  the analytical FLOP count (3x the forward convolutions, the peer's convention), XLA's
+  own FLOP and byte counts (the bytes give the achieved memory bandwidth), and memory
+  (XLA's buffer plan, the process' peak resident set, and the accelerator's peak where
+  it reports one).
 * ``"case": "input_path"``: images/s of drawing and augmenting batches alone.
 """
 
