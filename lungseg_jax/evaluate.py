@@ -14,9 +14,8 @@ import json
 import os
 
 from absl import app, flags
-from etils import epath
 
-from lungseg_jax import evaluation, runtime
+from lungseg_jax import evaluation, rundir, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json and checkpoints/).")
@@ -45,7 +44,7 @@ def main(argv):
         ensemble_last=FLAGS.ensemble_last, tta=FLAGS.tta, postprocess=FLAGS.postprocess,
         select_on_validation=FLAGS.select_on_validation,
         report_prefix=os.path.splitext(FLAGS.output)[0])
-    epath.Path(FLAGS.output).write_text(json.dumps(result, indent=2))
+    rundir.write_atomic(FLAGS.output, json.dumps(result, indent=2))
     print(evaluation.format_table(result))
 
 
