@@ -148,6 +148,7 @@ def make_train_step(config, mesh: Mesh, steps_per_epoch: int, learning_rate_fn):
             return loss_fn(logits, masks), updates["batch_stats"]
 
         (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
+        grads = models.zero_bias_grads_before_batchnorm(grads)
         grad_norm = optax.tree.norm(grads)
         first_of_epoch = state.step % steps_per_epoch == 0
         epoch_sums = jnp.where(first_of_epoch, 0.0, state.epoch_sums) + jnp.stack([loss, grad_norm])

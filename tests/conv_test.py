@@ -1,0 +1,103 @@
+"""conv2d_same: XLA's forward, weight gradient as matrix products on the CPU."""
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from lungseg_jax import conv
+
+KERNEL_SHAPES = [
+    (1, 1, 3, 5),  # 1x1: one product
+    (3, 3, 2, 5),  # fewer input channels: one product per tap
+    (3, 3, 4, 4),  # equal channels: one product per tap
+    (3, 3, 6, 4),  # more input channels: taps of g stacked into one product
+    (5, 3, 3, 2),  # non-square odd kernel
+]
+
+
+def numpy_weight_grad(x, g, kernel_shape):
+    """dW[i, j] = sum over pixels of x[p + (i, j) - pad]^T g[p], straight from the definition."""
+    kh, kw, _, _ = kernel_shape
+    _, h, w, _ = x.shape
+    padded = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    return np.stack([np.stack([np.einsum("nhwc,nhwo->co", padded[:, i:i + h, j:j + w], g)
+                               for j in range(kw)]) for i in range(kh)])
+
+
+def random_case(kernel_shape, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(2, 7, 6, kernel_shape[2])).astype(np.float32)
+    w = rng.normal(size=kernel_shape).astype(np.float32)
+    g = rng.normal(size=(2, 7, 6, kernel_shape[3])).astype(np.float32)
+    return x, w, g
+
+
+def xla_conv(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                    dimension_numbers=conv.DIMENSION_NUMBERS)
+
+
+@pytest.mark.parametrize("kernel_shape", KERNEL_SHAPES)
+def test_weight_grad_gemm_matches_numpy_definition(kernel_shape):
+    x, _, g = random_case(kernel_shape)
+    got = jax.jit(conv.weight_grad_gemm, static_argnums=2)(x, g, kernel_shape)
+    np.testing.assert_allclose(got, numpy_weight_grad(x, g, kernel_shape), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_shape", KERNEL_SHAPES)
+def test_value_and_both_gradients_equal_xla_convolution(kernel_shape):
+    x, w, g = random_case(kernel_shape, seed=1)
+
+    def pullback(fn):
+        y, vjp = jax.vjp(fn, x, w)
+        return (y, *vjp(g))
+
+    got = jax.jit(lambda: pullback(conv.conv2d_same))()
+    want = jax.jit(lambda: pullback(xla_conv))()
+    for name, a, b in zip(("output", "input grad", "weight grad"), got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def weight_grad_hlo(platform):
+    x, w, g = random_case((3, 3, 4, 8))
+
+    def weight_grad(w):
+        return jax.vjp(lambda w: conv.conv2d_same(x, w), w)[1](g)[0]
+
+    return jax.jit(weight_grad).trace(w).lower(lowering_platforms=(platform,)).as_text()
+
+
+def test_weight_gradient_is_a_matrix_product_on_cpu_and_xla_convolution_elsewhere():
+    assert "convolution" not in weight_grad_hlo("cpu")
+    assert "dot_general" in weight_grad_hlo("cpu")
+    assert "convolution" in weight_grad_hlo("cuda")
+
+
+def test_flax_hook_keeps_parameters_and_outputs_of_nn_conv():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    plain = nn.Conv(4, (3, 3), padding="SAME")
+    hooked = nn.Conv(4, (3, 3), padding="SAME",
+                     conv_general_dilated=conv.flax_conv_general_dilated)
+    variables = plain.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, hooked.init(jax.random.key(1), x)) == \
+        jax.tree.map(jnp.shape, variables)
+    np.testing.assert_allclose(hooked.apply(variables, x), plain.apply(variables, x),
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("options, named", [
+    ({"strides": 2}, "strides (2, 2)"),
+    ({"kernel_dilation": 2}, "dilation (1, 1)/(2, 2)"),
+    ({"padding": "VALID"}, "padding VALID"),
+    ({"feature_group_count": 3, "features": 3}, "groups 3"),
+])
+def test_flax_hook_refuses_what_it_does_not_compute(options, named):
+    layer = nn.Conv(**{"features": 4, "kernel_size": (3, 3), "padding": "SAME", **options},
+                    conv_general_dilated=conv.flax_conv_general_dilated)
+    with pytest.raises(ValueError, match=re.escape(named)):
+        layer.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)))
