@@ -8,7 +8,8 @@ gradient is a sum of matrix products, one per kernel tap ``k``::
     dW[k] = sum over pixels p of  x[p + k - pad]^T  g[p]
 
 ``conv2d_same`` keeps XLA's convolution for the forward pass and the input gradient
-and, on the CPU only (``lax.platform_dependent``), computes ``dW`` with ``jnp.dot``:
+and, on the CPU only (``lax.platform_dependent``) and where it pays off
+(``gemm_pays_off``), computes ``dW`` with ``jnp.dot``:
 one product per tap over shifted copies of ``x`` when ``x`` has no more channels than
 ``g``, else one product against the taps' shifted copies of ``g`` stacked side by
 side (a tiny output dimension is what XLA's CPU dot handles worst). Other backends
@@ -56,6 +57,14 @@ def weight_grad_gemm(x, g, kernel_shape, precision=None):
     return dw.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
 
 
+def gemm_pays_off(kernel_shape) -> bool:
+    """Where whole-step timings on the CPU favour ``weight_grad_gemm``: 1x1 kernels (no
+    copies) and kernels between different channel counts. Between equal counts (the
+    inception block's 3x3 convolutions) the tap copies cost time and memory."""
+    kh, kw, cin, cout = kernel_shape
+    return kh == kw == 1 or cin != cout
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv2d_same(x, w, precision=None):
     """Stride-1 convolution, NHWC input, HWIO kernel of odd size, zero 'same' padding."""
@@ -78,8 +87,9 @@ def _conv2d_same_bwd(precision, residuals, g):
     def gemm_weight_grad(x, g):
         return weight_grad_gemm(x, g, w.shape, precision).astype(w.dtype)
 
-    dw = lax.platform_dependent(x, g, cpu=gemm_weight_grad, default=xla_weight_grad)
-    return dx, dw
+    if gemm_pays_off(w.shape):
+        return dx, lax.platform_dependent(x, g, cpu=gemm_weight_grad, default=xla_weight_grad)
+    return dx, xla_weight_grad(x, g)
 
 
 conv2d_same.defvjp(_conv2d_same_fwd, _conv2d_same_bwd)

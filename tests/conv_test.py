@@ -63,8 +63,8 @@ def test_value_and_both_gradients_equal_xla_convolution(kernel_shape):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
-def weight_grad_hlo(platform):
-    x, w, g = random_case((3, 3, 4, 8))
+def weight_grad_hlo(platform, kernel_shape=(3, 3, 4, 8)):
+    x, w, g = random_case(kernel_shape)
 
     def weight_grad(w):
         return jax.vjp(lambda w: conv.conv2d_same(x, w), w)[1](g)[0]
@@ -76,6 +76,12 @@ def test_weight_gradient_is_a_matrix_product_on_cpu_and_xla_convolution_elsewher
     assert "convolution" not in weight_grad_hlo("cpu")
     assert "dot_general" in weight_grad_hlo("cpu")
     assert "convolution" in weight_grad_hlo("cuda")
+
+
+def test_equal_channel_kernels_keep_xla_weight_gradient_on_cpu():
+    assert not conv.gemm_pays_off((3, 3, 4, 4))
+    assert "convolution" in weight_grad_hlo("cpu", (3, 3, 4, 4))
+    assert "convolution" not in weight_grad_hlo("cpu", (1, 1, 4, 4))
 
 
 def test_flax_hook_keeps_parameters_and_outputs_of_nn_conv():
