@@ -2,7 +2,7 @@
 
 XLA's CPU backend computes a convolution's weight gradient as another convolution
 whose "kernel" is the whole image, and that path is slow: for the conv U-Net at
-128x128 it took 2.9x PyTorch's time (BENCHMARKS.md, "Weight gradients"). The
+128x128 it took 2.9x PyTorch's time (BENCHMARKS.md, "What was measured"). The
 gradient is a sum of matrix products, one per kernel tap ``k``::
 
     dW[k] = sum over pixels p of  x[p + k - pad]^T  g[p]

@@ -18,8 +18,8 @@ LeakyReLU(0.3).
 
 Speed on XLA's CPU backend: pooling and upsampling are written as reshapes
 and shifted slices instead of ``nn.max_pool``/``jax.image.resize`` (their
-gradients are much cheaper there), and every convolution's weight gradient
-runs as matrix products (``lungseg_jax.conv``). ``tests/models_test.py`` and
+gradients are much cheaper there), and the convolutions' weight gradients
+run as matrix products where that pays off (``lungseg_jax.conv``). ``tests/models_test.py`` and
 ``tests/conv_test.py`` check each against the library formulation.
 """
 
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from lungseg_jax.conv import flax_conv_general_dilated
 
 LEAKY_SLOPE = 0.3
-# Every convolution: 'same', bias, glorot-normal init, weight gradient as GEMMs on the CPU.
+# Every convolution: 'same', bias, glorot-normal init, ``lungseg_jax.conv``'s weight gradient.
 Conv = functools.partial(nn.Conv, padding="SAME", kernel_init=nn.initializers.glorot_normal(),
                          conv_general_dilated=flax_conv_general_dilated)
 
