@@ -29,7 +29,7 @@ Required:
                       (checkpoints are written by all workers together)
 Options:
   --project PROJECT   Google Cloud project (default: gcloud's configured one)
-  --jax-spec SPEC     what pip installs for JAX (default: 'jax[tpu]>=0.10.2,<0.11')
+  --jax-spec SPEC     what pip installs for JAX (default: 'jax[tpu]>=0.10.2,<0.12')
   --skip-sync         do not copy the code (already synced)
   --skip-install      do not (re)install (already installed)
   --dry-run           print the commands instead of running them
@@ -45,7 +45,7 @@ EOF
 die() { echo "launch.sh: $*" >&2; echo "Try ./launch.sh --help" >&2; exit 2; }
 
 TPU="" ZONE="" CONFIG="" WORKDIR="" PROJECT="" DRY_RUN=0 SYNC=1 INSTALL=1
-JAX_SPEC='jax[tpu]>=0.10.2,<0.11'
+JAX_SPEC='jax[tpu]>=0.10.2,<0.12'
 TRAIN_FLAGS=()
 while (($#)); do
   case "$1" in

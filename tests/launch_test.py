@@ -51,7 +51,7 @@ def test_dry_run_prints_sync_install_and_train_on_every_worker():
         assert command[-2] == "--command"
         remote.append(shlex.split(command[-1]))
     assert "tar" in remote[0]
-    assert remote[1][-3:] == ["-e", ".[gcs]", "jax[tpu]>=0.10.2,<0.11"]  # gs:// needs gcsfs
+    assert remote[1][-3:] == ["-e", ".[gcs]", "jax[tpu]>=0.10.2,<0.12"]  # gs:// needs gcsfs
     assert remote[2] == ["cd", "~/lungseg_jax", "&&", ".venv/bin/python", "-m",
                          "lungseg_jax.train", "--config", "configs/default.py", "--workdir",
                          "gs://bucket/runs/a b", "--multihost", "--config.num_epochs=30"]
@@ -62,4 +62,4 @@ def test_dry_run_installs_no_gcs_extra_for_a_mounted_workdir():
                     "--workdir", "/mnt/shared/run", "--dry-run", "--skip-sync")
     assert result.returncode == 0, result.stderr
     install = shlex.split(shlex.split(result.stdout.splitlines()[0])[-1])
-    assert install[-3:] == ["-e", ".", "jax[tpu]>=0.10.2,<0.11"]
+    assert install[-3:] == ["-e", ".", "jax[tpu]>=0.10.2,<0.12"]
