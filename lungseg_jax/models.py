@@ -16,9 +16,9 @@ is followed by BatchNorm (epsilon 1e-3 as Keras; momentum configurable: Keras'
 evaluation-mode predictions collapse, the study's 0.0-IoU failure) and
 LeakyReLU(0.3).
 
-Speed on XLA's CPU backend: pooling and upsampling are written as reshapes
-and shifted slices instead of ``nn.max_pool``/``jax.image.resize`` (their
-gradients are much cheaper there), and the convolutions' weight gradients
+Speed on XLA's CPU backend: pooling (``lungseg_jax.pooling``) and upsampling
+are written as reshapes and shifts instead of ``nn.max_pool``/``jax.image.resize``
+(their gradients are much cheaper there), and the convolutions' weight gradients
 run as matrix products where that pays off (``lungseg_jax.conv``). ``tests/models_test.py`` and
 ``tests/conv_test.py`` check each against the library formulation.
 """
@@ -30,27 +30,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lungseg_jax.batchnorm import BatchNormLeakyReLU
 from lungseg_jax.conv import flax_conv_general_dilated
+from lungseg_jax.pooling import max_pool_2x2, max_pool_2x2_same
 
 LEAKY_SLOPE = 0.3
 # Every convolution: 'same', bias, glorot-normal init, ``lungseg_jax.conv``'s weight gradient.
 Conv = functools.partial(nn.Conv, padding="SAME", kernel_init=nn.initializers.glorot_normal(),
                          conv_general_dilated=flax_conv_general_dilated)
-
-
-def max_pool_2x2(x):
-    """2x2 max-pool with stride 2 (NHWC): ``nn.max_pool(x, (2, 2), (2, 2))``."""
-    n, h, w, c = x.shape
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
-def max_pool_2x2_same(x):
-    """Keras ``MaxPooling2D(2, strides=1, padding='same')``: window at (i, j) covers
-    rows i, i+1 and columns j, j+1; the last row/column sees only itself."""
-    right = jnp.concatenate([x[:, :, 1:], x[:, :, -1:]], axis=2)
-    x = jnp.maximum(x, right)
-    down = jnp.concatenate([x[:, 1:], x[:, -1:]], axis=1)
-    return jnp.maximum(x, down)
 
 
 def upsample_2x(x):
@@ -71,13 +58,8 @@ class ConvBNAct(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         x = Conv(self.features, (self.kernel, self.kernel), dtype=self.dtype)(x)
-        # use_fast_variance=False: E[(x - mean)^2] instead of E[x^2] - mean^2, which
-        # cancels in float32 when the mean is large against the spread (inputs offset by
-        # +3: gradients 2e-2..7e-2 off a float64 reference instead of 2e-4, 2 of 3 seeds),
-        # at no measured cost.
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                         epsilon=1e-3, dtype=self.dtype, use_fast_variance=False)(x)
-        return nn.leaky_relu(x, LEAKY_SLOPE)
+        return BatchNormLeakyReLU(self.bn_momentum, epsilon=1e-3, slope=LEAKY_SLOPE,
+                                  dtype=self.dtype, name="BatchNorm_0")(x, not train)
 
 
 class InceptionBlock(nn.Module):

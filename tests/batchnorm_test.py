@@ -1,0 +1,93 @@
+"""BatchNormLeakyReLU against flax's BatchNorm + leaky_relu: variables, values, running
+averages and gradients; its hand-written gradient against autodiff in float64."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lungseg_jax import batchnorm
+from references import FlaxBatchNormLeakyReLU
+
+SETTINGS = dict(momentum=0.9, epsilon=1e-3, slope=0.3)
+
+
+def inputs(dtype=jnp.float32):
+    rng = np.random.default_rng(0)
+    # Per-channel offsets and spreads, so normalisation matters.
+    x = rng.normal(size=(2, 5, 4, 3)) * [0.5, 2.0, 1.0] + [1.0, -3.0, 0.0]
+    return jnp.asarray(x, dtype), jnp.asarray(rng.normal(size=x.shape), dtype)
+
+
+def variables_after_a_step(module, x):
+    """Init, then one training step's update of the running averages, with scale and
+    bias moved off their initial values."""
+    variables = module.init(jax.random.key(0), x, use_running_average=False)
+    params = jax.tree.map(lambda p: p + jnp.linspace(0.5, 1.5, p.size).reshape(p.shape),
+                          variables["params"])
+    _, updates = module.apply({**variables, "params": params}, x, use_running_average=False,
+                              mutable=["batch_stats"])
+    return {"params": params, **updates}
+
+
+@pytest.mark.parametrize("use_running_average", [False, True])
+def test_equals_flax_batchnorm_then_leaky_relu(use_running_average):
+    x, cotangent = inputs()
+    ours, flax_module = batchnorm.BatchNormLeakyReLU(**SETTINGS), FlaxBatchNormLeakyReLU(**SETTINGS)
+    variables = variables_after_a_step(ours, x)
+    reference_variables = variables_after_a_step(flax_module, x)
+    assert jax.tree.structure(variables) == jax.tree.structure(reference_variables)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 variables, reference_variables)
+
+    def loss(module, params, x):
+        y = module.apply({**variables, "params": params}, x, use_running_average,
+                         mutable=["batch_stats"])[0]
+        return jnp.sum(y * cotangent), y
+
+    (_, y), grads = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(
+        ours, variables["params"], x)
+    (_, y_ref), grads_ref = jax.value_and_grad(loss, argnums=(1, 2), has_aux=True)(
+        flax_module, variables["params"], x)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+                 grads, grads_ref)
+
+
+def plain_batch_norm_leaky_relu(x, scale, bias, epsilon, slope):
+    """The same function written plainly, differentiated by autodiff."""
+    mean = x.mean((0, 1, 2))
+    var = jnp.square(x - mean).mean((0, 1, 2))
+    z = (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias
+    return jnp.where(z >= 0, z, slope * z), mean, var
+
+
+def test_hand_written_gradient_equals_autodiff_in_float64():
+    with jax.enable_x64(True):
+        x, g = inputs(jnp.float64)
+        scale, bias = jnp.array([0.5, 1.0, 2.0]), jnp.array([0.1, -0.2, 0.3])
+        # Cotangents for the returned mean and variance too (zero in training, where
+        # they only feed the running averages).
+        cotangents = (g, jnp.array([0.3, -1.0, 2.0]), jnp.array([1.5, 0.2, -0.7]))
+        got = jax.vjp(lambda *a: batchnorm.batch_norm_leaky_relu(*a, 1e-3, 0.3),
+                      x, scale, bias)[1](cotangents)
+        want = jax.vjp(lambda *a: plain_batch_norm_leaky_relu(*a, 1e-3, 0.3),
+                       x, scale, bias)[1](cotangents)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_bfloat16_compute_keeps_float32_statistics():
+    x, _ = inputs(jnp.bfloat16)
+    module = batchnorm.BatchNormLeakyReLU(**SETTINGS, dtype=jnp.bfloat16)
+    variables = module.init(jax.random.key(0), x, use_running_average=False)
+    y, updates = module.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
+    assert y.dtype == jnp.bfloat16
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves((variables, updates)))
+    reference = FlaxBatchNormLeakyReLU(**SETTINGS, dtype=jnp.bfloat16)
+    y_ref, updates_ref = reference.apply(variables, x, use_running_average=False,
+                                         mutable=["batch_stats"])
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32),
+                               rtol=1e-2, atol=1e-2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), updates,
+                 updates_ref)
