@@ -1,8 +1,8 @@
 """2x2 max-pooling (NHWC) with gradients that are cheap on XLA's CPU backend.
 
 The library formulation (``nn.max_pool``, a ``reduce_window``) differentiates
-through ``select_and_scatter``, which XLA's CPU backend runs 5-20x slower than the
-elementwise forms here; and the plain ``jnp.maximum``/``max`` forms split the
+through ``select_and_scatter``, which XLA's CPU backend runs 14-38x slower than the
+elementwise forms here (forward and backward alone, BENCHMARKS.md); and the plain ``jnp.maximum``/``max`` forms split the
 gradient between tied inputs with divisions and extra passes. Both pools here send
 each window's gradient to its first maximum in row-major order, as
 ``reduce_window``'s gradient (and PyTorch's, and TensorFlow's) does: same values,

@@ -26,13 +26,14 @@ def keep_freed_memory() -> bool:
     zero-filled by the kernel: 62,000 faults and 230 ms of system time per 450 ms step
     (BENCHMARKS.md). One arena, no ``mmap`` and no trimming make every step reuse the
     same pages. The process then keeps its peak memory until it exits. Call it before
-    JAX starts its threads. Returns whether it applied (glibc only; elsewhere a no-op).
+    JAX starts its threads. Returns whether it applied (glibc's mallopt accepted all
+    three; elsewhere nothing changes).
     """
     if not sys.platform.startswith("linux"):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+    except (OSError, AttributeError):  # a C library without mallopt
         return False
     return all(mallopt(param, value) == 1 for param, value in
                ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM)))
