@@ -42,14 +42,19 @@ def batch_norm_leaky_relu(x, scale, bias, epsilon: float, slope: float):
     return y, mean, var
 
 
+def _normalize_leaky_relu(x, mean, inv, scale, bias, slope):
+    """LeakyReLU((x - mean) * inv * scale + bias), computed in the statistics' dtype."""
+    z = (x.astype(_statistics_dtype(x.dtype)) - mean) * (inv * scale) + bias
+    return _leaky_relu(z, slope).astype(x.dtype)
+
+
 def _forward(x, scale, bias, epsilon, slope):
     axes = tuple(range(x.ndim - 1))
     x32 = x.astype(_statistics_dtype(x.dtype))
     mean = x32.mean(axes)
     var = jnp.square(x32 - mean).mean(axes)
     inv = lax.rsqrt(var + epsilon)
-    y = _leaky_relu((x32 - mean) * (inv * scale) + bias, slope).astype(x.dtype)
-    return y, mean, var, inv
+    return _normalize_leaky_relu(x, mean, inv, scale, bias, slope), mean, var, inv
 
 
 def _batch_norm_leaky_relu_fwd(x, scale, bias, epsilon, slope):
@@ -97,9 +102,8 @@ class BatchNormLeakyReLU(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
         x = x.astype(self.dtype)
         if use_running_average:
-            x32 = x.astype(_statistics_dtype(x.dtype))
-            z = (x32 - ra_mean.value) * (lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
-            return _leaky_relu(z, self.slope).astype(x.dtype)
+            inv = lax.rsqrt(ra_var.value + self.epsilon)
+            return _normalize_leaky_relu(x, ra_mean.value, inv, scale, bias, self.slope)
         y, mean, var = batch_norm_leaky_relu(x, scale, bias, self.epsilon, self.slope)
         if not self.is_initializing():
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
