@@ -199,6 +199,7 @@ def format_table(results: list) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    runtime.reexec_with_huge_pages()
     with tempfile.TemporaryDirectory() as cache_dir:
         runtime.setup_jax(cache_dir)  # empty cache: the first compile is a cold one
         results = run_benchmark(bench_config(), FLAGS.steps, FLAGS.warmup, FLAGS.num_images)

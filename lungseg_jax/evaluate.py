@@ -37,6 +37,7 @@ flags.mark_flags_as_required(["workdir", "data_dir", "output"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    runtime.reexec_with_huge_pages()
     runtime.setup_jax()
     runtime.setup_logging()
     result = evaluation.evaluate_workdir(

@@ -102,6 +102,7 @@ def define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    runtime.reexec_with_huge_pages()
     runtime.setup_jax()
     f = flags.FLAGS
     metadata = export_workdir(f.workdir, f.output, f.snapshots, f.threshold, tuple(f.platforms))

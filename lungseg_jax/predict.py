@@ -237,6 +237,7 @@ def main(argv):
     if not inputs:
         raise app.UsageError("no inputs: give one or more slice or volume files")
     f = flags.FLAGS
+    runtime.reexec_with_huge_pages()
     runtime.setup_jax()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = f.model

@@ -1,6 +1,5 @@
 """Process-wide JAX set-up shared by the entry points, the benchmark and the tests."""
 
-import ctypes
 import logging
 import os
 import sys
@@ -11,44 +10,83 @@ from absl import logging as absl_logging
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "lungseg_jax", "jax_cache")
 
 
-# glibc's mallopt parameters (malloc.h).
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
-NEVER_TRIM = 2**31 - 1
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+HUGE_PAGES_OPT_OUT = "LUNGSEG_JAX_HUGE_PAGES"  # "0": never re-execute
+THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
-def keep_freed_memory() -> bool:
-    """Makes glibc's malloc keep freed memory for reuse instead of returning it to the OS.
-
-    XLA's CPU runtime allocates each execution's temporary buffers as one block (the
-    inception U-Net's step at 128x128: 255 MB) from a worker thread and frees it at the
-    end. glibc serves blocks that large from worker threads with a fresh ``mmap`` and
-    ``munmap``s them on free, so every step page-faults its whole scratch space back in,
-    zero-filled by the kernel: 62,000 faults and 230 ms of system time per 450 ms step
-    (BENCHMARKS.md). One arena, no ``mmap`` and no trimming make every step reuse the
-    same pages. The process then keeps its peak memory until it exits. Call it before
-    JAX starts its threads. Returns whether it applied (glibc's mallopt accepted all
-    three; elsewhere nothing changes).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
+def transparent_huge_pages_mode(path: str = THP_MODE_FILE) -> str | None:
+    """The kernel's transparent huge page mode ("always", "madvise", "never"), or None."""
     try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # a C library without mallopt
-        return False
-    return all(mallopt(param, value) == 1 for param, value in
-               ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM)))
+        with open(path) as f:
+            modes = f.read().split()
+    except OSError:
+        return None
+    chosen = [m[1:-1] for m in modes if m.startswith("[") and m.endswith("]")]
+    return chosen[0] if chosen else None
+
+
+def glibc_version() -> tuple[int, ...] | None:
+    """(major, minor) of the C library when it is glibc, else None."""
+    try:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+    except (AttributeError, ValueError, OSError):
+        return None
+    return tuple(int(part) for part in version.split(".")[:2]) if name == "glibc" else None
+
+
+def huge_pages_environment(environ, thp_mode: str | None,
+                           libc_version: tuple[int, ...] | None) -> dict | None:
+    """``environ`` with glibc's malloc told to back its large blocks with transparent
+    huge pages, or None when there is nothing to change: already set, opted out
+    (``$LUNGSEG_JAX_HUGE_PAGES=0``), no such tunable (glibc before 2.35, or not glibc)
+    or no huge pages to ask for (kernel mode ``never`` or unknown)."""
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if (environ.get(HUGE_PAGES_OPT_OUT) == "0" or "glibc.malloc.hugetlb" in tunables
+            or libc_version is None or libc_version < (2, 35)
+            or thp_mode not in ("always", "madvise")):
+        return None
+    return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, HUGE_PAGES_TUNABLE]))}
+
+
+def _started_as_entry_point() -> bool:
+    """Whether this process was started as ``python -m lungseg_jax.<module>``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is not None and spec.name.startswith("lungseg_jax.")
+
+
+def reexec_with_huge_pages() -> None:
+    """Restarts this command once with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``.
+
+    For the command-line entry points, before anything else. XLA's CPU runtime
+    allocates each execution's temporary buffers as one block (the inception U-Net's
+    train step at 128x128: 255 MB; the conv U-Net's at 512x512: 2.5 GB) and frees it at
+    the end; glibc serves a block that large with a fresh ``mmap``, so every step faults
+    its whole scratch space back in, 4 KiB at a time. Inception U-Net at 128, 30 steps:
+    2.1 million page faults and 423 ms per step by default, 217,000 and 297 ms with the
+    tunable (BENCHMARKS.md). glibc reads it only at start-up, hence the restart: same
+    interpreter, arguments and environment, plus the tunable. (Keeping freed blocks in
+    malloc's heap instead, with ``mallopt``, was as fast but fragmented the heap: the
+    conv U-Net's resident memory grew to 3x its scratch space within 10 steps at 512.)
+    Does nothing where ``huge_pages_environment`` finds nothing to change, or in a
+    process not started as ``python -m lungseg_jax.<module>`` (a test, a notebook).
+    """
+    environ = huge_pages_environment(os.environ, transparent_huge_pages_mode(), glibc_version())
+    if environ is None or not _started_as_entry_point():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
 
 
 def setup_jax(cache_dir: str | None = None) -> None:
-    """Persistent compilation cache, fast-compiling RNG, and freed memory kept for reuse.
+    """Persistent compilation cache and fast-compiling RNG.
 
     * The cache (``$LUNGSEG_JAX_CACHE`` or ~/.cache/lungseg_jax/jax_cache; ``""`` turns
       it off) makes a re-run's train-step compile take about a second instead of 10-20.
     * ``jax_threefry_partitionable=False``: on CPU each distinct random shape otherwise
       compiles for seconds (see STACK-NOTES); all random numbers here come from it.
-    * ``keep_freed_memory``: no page faults on every step's scratch space.
     """
-    keep_freed_memory()
     if cache_dir is None:
         cache_dir = os.environ.get("LUNGSEG_JAX_CACHE", DEFAULT_CACHE_DIR)
     if cache_dir:

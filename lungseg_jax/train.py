@@ -30,6 +30,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    runtime.reexec_with_huge_pages()
     distributed.initialize_from_flags()  # before any other JAX use
     runtime.setup_jax()
     runtime.setup_logging()

@@ -1,5 +1,6 @@
-"""runtime: freed memory kept for reuse (no page faults on every execution's buffers)."""
+"""runtime: glibc's malloc on transparent huge pages for the entry points."""
 
+import os
 import subprocess
 import sys
 
@@ -7,13 +8,72 @@ import pytest
 
 from lungseg_jax import runtime
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_transparent_huge_pages_mode_is_the_bracketed_choice(tmp_path):
+    path = tmp_path / "enabled"
+    path.write_text("always [madvise] never\n")
+    assert runtime.transparent_huge_pages_mode(str(path)) == "madvise"
+    path.write_text("[always] madvise never\n")
+    assert runtime.transparent_huge_pages_mode(str(path)) == "always"
+    assert runtime.transparent_huge_pages_mode(str(tmp_path / "absent")) is None
+
+
+def test_huge_pages_environment_adds_the_tunable_only_where_it_helps():
+    env = {"PATH": "/bin"}
+    added = runtime.huge_pages_environment(env, "madvise", (2, 36))
+    assert added == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    assert env == {"PATH": "/bin"}  # the caller's mapping is not changed
+    kept = runtime.huge_pages_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"},
+                                          "always", (2, 35))
+    assert kept["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    # Nothing to change: already set (e.g. after the restart), opted out, glibc too old
+    # or absent, kernel without huge pages to ask for.
+    assert runtime.huge_pages_environment({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"},
+                                          "madvise", (2, 36)) is None
+    assert runtime.huge_pages_environment({"LUNGSEG_JAX_HUGE_PAGES": "0"}, "madvise",
+                                          (2, 36)) is None
+    assert runtime.huge_pages_environment({}, "madvise", (2, 34)) is None
+    assert runtime.huge_pages_environment({}, "madvise", None) is None
+    assert runtime.huge_pages_environment({}, "never", (2, 36)) is None
+    assert runtime.huge_pages_environment({}, None, (2, 36)) is None
+
+
+# Prints GLIBC_TUNABLES, calls reexec_with_huge_pages, prints "after". With
+# argv[1] == "entry" it poses as ``python -m lungseg_jax.<module>``.
+REEXEC = """
+import importlib.machinery, os, sys
+if sys.argv[1] == "entry":
+    sys.modules["__main__"].__spec__ = importlib.machinery.ModuleSpec("lungseg_jax.x", None)
+from lungseg_jax import runtime
+print("start", os.environ.get("GLIBC_TUNABLES"), flush=True)
+runtime.reexec_with_huge_pages()
+print("after", flush=True)
+"""
+
+
+def run_reexec(mode: str) -> list[str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GLIBC_TUNABLES", runtime.HUGE_PAGES_OPT_OUT)}
+    return subprocess.run([sys.executable, "-c", REEXEC, mode], cwd=REPO, env=env, check=True,
+                          capture_output=True, text=True, timeout=120).stdout.splitlines()
+
+
+def test_entry_point_restarts_once_with_the_tunable():
+    if runtime.huge_pages_environment({}, runtime.transparent_huge_pages_mode(),
+                                      runtime.glibc_version()) is None:
+        pytest.skip("no huge pages to ask for here (kernel mode "
+                    f"{runtime.transparent_huge_pages_mode()}, C library "
+                    f"{runtime.glibc_version()})")
+    assert run_reexec("entry") == ["start None", "start glibc.malloc.hugetlb=1", "after"]
+    assert run_reexec("library") == ["start None", "after"]  # tests, notebooks: untouched
+
+
 # What XLA's CPU runtime does on every step: a worker thread allocates a large block
 # (its scratch buffers), writes it, frees it. Prints the page faults per round.
 FAULTS_PER_ROUND = """
-import ctypes, resource, sys, threading
-from lungseg_jax import runtime
-if sys.argv[1] == "keep":
-    assert runtime.keep_freed_memory()
+import ctypes, resource, threading
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -37,16 +97,21 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)
 """
 
 
-def faults_per_round(mode: str) -> float:
-    out = subprocess.run([sys.executable, "-c", FAULTS_PER_ROUND, mode], check=True,
-                         capture_output=True, text=True).stdout
+def faults_per_round(tunables: str) -> float:
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    if tunables:
+        env["GLIBC_TUNABLES"] = tunables
+    out = subprocess.run([sys.executable, "-c", FAULTS_PER_ROUND], env=env, check=True,
+                         capture_output=True, text=True, timeout=120).stdout
     return float(out.split()[-1])
 
 
-def test_freed_memory_is_reused_without_page_faults():
-    if not runtime.keep_freed_memory():
-        pytest.skip("no glibc mallopt here (not Linux with glibc)")
-    few = (256 << 20) // 4096 // 100  # 1% of the block's 4 KiB pages
-    if faults_per_round("default") < few:
+def test_the_tunable_cuts_the_page_faults_of_a_large_block():
+    if runtime.huge_pages_environment({}, runtime.transparent_huge_pages_mode(),
+                                      runtime.glibc_version()) is None:
+        pytest.skip("no huge pages to ask for here")
+    pages = (256 << 20) // 4096
+    default = faults_per_round("")
+    if default < pages / 2:
         pytest.skip("freed blocks are not faulted in afresh here even by default")
-    assert faults_per_round("keep") < few
+    assert faults_per_round(runtime.HUGE_PAGES_TUNABLE) < pages / 100
