@@ -59,16 +59,21 @@ class DeviceData:
 
 # ----------------------------------------------------------------------------- set-up
 
-# XLA:CPU's memory-optimising instruction scheduler for the train step: at 512x512,
-# batch 4, its scratch space shrinks from 2521 to 1340 MB (conv U-Net) and from 3847
-# to 3435 MB (inception U-Net), at the same speed within noise at 128 and 256
-# (BENCHMARKS.md). Other platforms keep their defaults.
-CPU_COMPILER_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+# XLA:CPU's memory-optimising instruction scheduler, for train steps of at least
+# 256x256x4 pixels per device: at 512x512, batch 4, the step's scratch space shrinks
+# from 2521 to 1340 MB (conv U-Net) and from 3847 to 3435 MB (inception U-Net), at the
+# same speed within noise at 256; at 128 it would cost 2-10% (BENCHMARKS.md).
+CPU_MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+MEMORY_SCHEDULER_MIN_PIXELS = 256 * 256 * 4
 
 
-def compiler_options(mesh: Mesh) -> dict | None:
-    return CPU_COMPILER_OPTIONS if mesh.devices.flat[0].platform == "cpu" else None
-
+def compiler_options(config, mesh: Mesh) -> dict | None:
+    """XLA options for the train step: ``CPU_MEMORY_SCHEDULER`` on the CPU for large
+    batches (pixels per device), else XLA's defaults."""
+    pixels = config.data.image_size ** 2 * config.batch_size // mesh.size
+    if mesh.devices.flat[0].platform == "cpu" and pixels >= MEMORY_SCHEDULER_MIN_PIXELS:
+        return CPU_MEMORY_SCHEDULER
+    return None
 
 
 def create_mesh(devices=None) -> Mesh:
@@ -169,7 +174,7 @@ def make_train_step(config, mesh: Mesh, steps_per_epoch: int, learning_rate_fn):
                         "learning_rate": learning_rate_fn(state.step)}
         return new_state, measurements
 
-    return jax.jit(train_step, donate_argnums=0, compiler_options=compiler_options(mesh),
+    return jax.jit(train_step, donate_argnums=0, compiler_options=compiler_options(config, mesh),
                    out_shardings=(replicated(mesh), replicated(mesh)))
 
 

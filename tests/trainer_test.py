@@ -111,9 +111,20 @@ def test_one_and_two_devices_give_the_same_run(tiny_config, tmp_path):
     assert int(one.step) == int(two.step) == 4
 
 
-def test_cpu_train_step_is_scheduled_to_save_memory(tiny_config):
-    """The trainer's step carries XLA:CPU's memory-optimising scheduler (a mistyped
-    option name or value would also fail here, at compile time)."""
+def test_memory_scheduler_only_for_large_cpu_batches(tiny_config):
+    mesh = trainer.create_mesh()  # two CPU devices (conftest)
+    tiny_config.data.image_size, tiny_config.batch_size = 256, 8
+    assert trainer.compiler_options(tiny_config, mesh) == trainer.CPU_MEMORY_SCHEDULER
+    tiny_config.batch_size = 4  # 256x256x2 per device
+    assert trainer.compiler_options(tiny_config, mesh) is None
+    tiny_config.data.image_size = 512
+    assert trainer.compiler_options(tiny_config, mesh) == trainer.CPU_MEMORY_SCHEDULER
+
+
+def test_train_step_compiles_with_the_memory_scheduler(tiny_config, monkeypatch):
+    """The option reaches XLA and saves scratch space (a mistyped name or value would
+    also fail here, at compile time)."""
+    monkeypatch.setattr(trainer, "MEMORY_SCHEDULER_MIN_PIXELS", 0)
     tiny_config.model.name = "conv_unet"
     mesh = trainer.create_mesh()
     model = models.create_model(tiny_config.model)
