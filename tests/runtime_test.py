@@ -6,9 +6,14 @@ import sys
 
 import pytest
 
+from conftest import REPO
 from lungseg_jax import runtime
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+def skip_without_huge_pages():
+    mode, libc = runtime.transparent_huge_pages_mode(), runtime.glibc_version()
+    if runtime.huge_pages_environment({}, mode, libc) is None:
+        pytest.skip(f"no huge pages to ask for here (kernel mode {mode}, C library {libc})")
 
 
 def test_transparent_huge_pages_mode_is_the_bracketed_choice(tmp_path):
@@ -61,11 +66,7 @@ def run_reexec(mode: str) -> list[str]:
 
 
 def test_entry_point_restarts_once_with_the_tunable():
-    if runtime.huge_pages_environment({}, runtime.transparent_huge_pages_mode(),
-                                      runtime.glibc_version()) is None:
-        pytest.skip("no huge pages to ask for here (kernel mode "
-                    f"{runtime.transparent_huge_pages_mode()}, C library "
-                    f"{runtime.glibc_version()})")
+    skip_without_huge_pages()
     assert run_reexec("entry") == ["start None", "start glibc.malloc.hugetlb=1", "after"]
     assert run_reexec("library") == ["start None", "after"]  # tests, notebooks: untouched
 
@@ -107,9 +108,7 @@ def faults_per_round(tunables: str) -> float:
 
 
 def test_the_tunable_cuts_the_page_faults_of_a_large_block():
-    if runtime.huge_pages_environment({}, runtime.transparent_huge_pages_mode(),
-                                      runtime.glibc_version()) is None:
-        pytest.skip("no huge pages to ask for here")
+    skip_without_huge_pages()
     pages = (256 << 20) // 4096
     default = faults_per_round("")
     if default < pages / 2:
