@@ -19,7 +19,11 @@ LeakyReLU(0.3).
 Speed on XLA's CPU backend: pooling (``lungseg_jax.pooling``) and upsampling
 are written as reshapes and shifts instead of ``nn.max_pool``/``jax.image.resize``
 (their gradients are much cheaper there), and the convolutions' weight gradients
-run as matrix products where that pays off (``lungseg_jax.conv``). ``tests/models_test.py`` and
+run as matrix products where that pays off (``lungseg_jax.conv``). Memory: the
+decoder's concatenations ("cat" above) are never built; the layers that read one take
+its parts (``Conv(...)(up, skip)``, max-pooling each part), so the skip connection's
+gradient is a buffer of its own instead of a slice of a sum that XLA keeps unreduced
+until the encoder's backward pass (BENCHMARKS.md). ``tests/models_test.py`` and
 ``tests/conv_test.py`` check each against the library formulation.
 """
 
@@ -31,13 +35,10 @@ import jax
 import jax.numpy as jnp
 
 from lungseg_jax.batchnorm import BatchNormLeakyReLU
-from lungseg_jax.conv import flax_conv_general_dilated
+from lungseg_jax.conv import Conv
 from lungseg_jax.pooling import max_pool_2x2, max_pool_2x2_same
 
 LEAKY_SLOPE = 0.3
-# Every convolution: 'same', bias, glorot-normal init, ``lungseg_jax.conv``'s weight gradient.
-Conv = functools.partial(nn.Conv, padding="SAME", kernel_init=nn.initializers.glorot_normal(),
-                         conv_general_dilated=flax_conv_general_dilated)
 
 
 def upsample_2x(x):
@@ -48,7 +49,7 @@ def upsample_2x(x):
 
 
 class ConvBNAct(nn.Module):
-    """conv kxk 'same' (bias) -> BatchNorm -> LeakyReLU(0.3)."""
+    """conv kxk 'same' (bias) of the concatenated ``parts`` -> BatchNorm -> LeakyReLU(0.3)."""
 
     features: int
     kernel: int
@@ -56,31 +57,32 @@ class ConvBNAct(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool):
-        x = Conv(self.features, (self.kernel, self.kernel), dtype=self.dtype)(x)
+    def __call__(self, *parts, train: bool):
+        x = Conv(self.features, self.kernel, dtype=self.dtype)(*parts)
         return BatchNormLeakyReLU(self.bn_momentum, epsilon=1e-3, slope=LEAKY_SLOPE,
                                   dtype=self.dtype, name="BatchNorm_0")(x, not train)
 
 
 class InceptionBlock(nn.Module):
     """Four branches concatenated, ``4 * features`` channels out:
-    1x1->3x3->3x3, 1x1->3x3, 1x1, and stride-1 2x2 max-pool->1x1."""
+    1x1->3x3->3x3, 1x1->3x3, 1x1, and stride-1 2x2 max-pool->1x1, on the channel
+    concatenation of ``parts``."""
 
     features: int
     bn_momentum: float
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, *parts, train: bool):
         cba = functools.partial(ConvBNAct, self.features, bn_momentum=self.bn_momentum,
                                 dtype=self.dtype)
-        a = cba(1)(x, train)
-        a = cba(3)(a, train)
-        a = cba(3)(a, train)
-        b = cba(1)(x, train)
-        b = cba(3)(b, train)
-        c = cba(1)(x, train)
-        d = cba(1)(max_pool_2x2_same(x), train)
+        a = cba(1)(*parts, train=train)
+        a = cba(3)(a, train=train)
+        a = cba(3)(a, train=train)
+        b = cba(1)(*parts, train=train)
+        b = cba(3)(b, train=train)
+        c = cba(1)(*parts, train=train)
+        d = cba(1)(*map(max_pool_2x2_same, parts), train=train)
         return jnp.concatenate([a, b, c, d], axis=-1)
 
 
@@ -92,8 +94,9 @@ class ConvBlock(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool):
-        return ConvBNAct(4 * self.features, 3, self.bn_momentum, dtype=self.dtype)(x, train)
+    def __call__(self, *parts, train: bool):
+        return ConvBNAct(4 * self.features, 3, self.bn_momentum,
+                         dtype=self.dtype)(*parts, train=train)
 
 
 BLOCKS = {"inception": InceptionBlock, "conv": ConvBlock}
@@ -118,18 +121,16 @@ class UNet(nn.Module):
         x = x.astype(self.dtype)
         skips = []
         for level, f in enumerate(self.features):
-            x = block(f)(x, train)
+            x = block(f)(x, train=train)
             if level == 0:
                 skips.append(x)
             x = max_pool_2x2(x)
             if level < len(self.features) - 1:
                 skips.append(x)
-        x = block(self.features[-1])(x, train)
+        x = block(self.features[-1])(x, train=train)
         for f in reversed(self.features[:-1]):
-            x = jnp.concatenate([upsample_2x(x), skips.pop()], axis=-1)
-            x = block(f)(x, train)
-        x = jnp.concatenate([upsample_2x(x), skips.pop()], axis=-1)
-        logits = Conv(1, (3, 3), dtype=self.dtype)(x)
+            x = block(f)(upsample_2x(x), skips.pop(), train=train)
+        logits = Conv(1, 3, dtype=self.dtype)(upsample_2x(x), skips.pop())
         return logits.astype(jnp.float32)
 
 
