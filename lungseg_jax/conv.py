@@ -55,7 +55,9 @@ def weight_grad_gemm(x, g, kernel_shape, precision=None, taps_of_g=None):
     x2, g2 = x.reshape(-1, cin), g.reshape(-1, cout)
     if kh == kw == 1:
         return jnp.dot(x2.T, g2, precision=precision).reshape(kernel_shape)
-    if not (cin > cout if taps_of_g is None else taps_of_g):
+    if taps_of_g is None:
+        taps_of_g = cin > cout
+    if not taps_of_g:
         taps = [jnp.dot(xs.reshape(-1, cin).T, g2, precision=precision)
                 for xs in _shifted(x, kh, kw)]
         return jnp.stack(taps).reshape(kernel_shape)
