@@ -1,4 +1,5 @@
-"""conv2d_same: XLA's forward, weight gradient as matrix products on the CPU."""
+"""conv2d_same: XLA's forward, weight gradient as matrix products on the CPU; Conv, the
+models' layer, on the parts of a concatenation."""
 
 import flax.linen as nn
 import jax

@@ -1,13 +1,17 @@
-"""runtime: glibc's malloc on transparent huge pages for the entry points."""
+"""runtime: glibc's malloc on transparent huge pages for the entry points; JAX and
+Python's collector set up."""
 
+import gc
 import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from conftest import REPO
-from lungseg_jax import runtime
+from lungseg_jax import models, runtime
 
 
 def skip_without_huge_pages():
@@ -114,3 +118,27 @@ def test_the_tunable_cuts_the_page_faults_of_a_large_block():
     if default < pages / 2:
         pytest.skip("freed blocks are not faulted in afresh here even by default")
     assert faults_per_round(runtime.HUGE_PAGES_TUNABLE) < pages / 100
+
+
+def test_setup_keeps_the_collector_out_of_tracing():
+    def collections_while_tracing():
+        counted = []
+        callback = lambda phase, info: counted.append(phase)  # noqa: E731
+        model = models.MODELS["incp_unet"](features=(4, 8))
+        x = jnp.zeros((1, 16, 16, 1))
+        gc.callbacks.append(callback)
+        try:
+            jax.make_jaxpr(lambda x: model.init_with_output(jax.random.key(0), x, train=True))(x)
+        finally:
+            gc.callbacks.remove(callback)
+        return counted.count("start")
+
+    defaults = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)  # CPython's defaults
+        assert collections_while_tracing() > 10
+        runtime.setup_jax("")
+        assert gc.get_threshold() == runtime.GC_THRESHOLDS
+        assert collections_while_tracing() <= 2
+    finally:
+        gc.set_threshold(*defaults)
