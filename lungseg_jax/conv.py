@@ -46,18 +46,17 @@ def _shifted(a, kh, kw):
     return [padded[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)]
 
 
-def weight_grad_gemm(x, g, kernel_shape, precision=None, taps_of_g=None):
+def weight_grad_gemm(x, g, kernel_shape, precision=None, gemm_shape=None):
     """``dW`` of the 'same' convolution as matrix products (HWIO, like the kernel).
 
-    ``taps_of_g``: stack shifted copies of ``g`` rather than of ``x`` (default: when ``x``
-    has more channels than ``g``)."""
+    Shifted copies of ``x`` when the kernel judged (``gemm_shape``, default
+    ``kernel_shape``) has no more input than output channels, else of ``g``."""
     kh, kw, cin, cout = kernel_shape
     x2, g2 = x.reshape(-1, cin), g.reshape(-1, cout)
     if kh == kw == 1:
         return jnp.dot(x2.T, g2, precision=precision).reshape(kernel_shape)
-    if taps_of_g is None:
-        taps_of_g = cin > cout
-    if not taps_of_g:
+    judged_in, judged_out = (kernel_shape if gemm_shape is None else gemm_shape)[2:]
+    if judged_in <= judged_out:
         taps = [jnp.dot(xs.reshape(-1, cin).T, g2, precision=precision)
                 for xs in _shifted(x, kh, kw)]
         return jnp.stack(taps).reshape(kernel_shape)
@@ -98,13 +97,10 @@ def _conv2d_same_bwd(precision, gemm_shape, residuals, g):
         (dw,) = jax.vjp(lambda w: _xla_conv(x, w, precision), w)[1](g)
         return dw
 
-    judged = w.shape if gemm_shape is None else gemm_shape
-
     def gemm_weight_grad(x, g):
-        return weight_grad_gemm(x, g, w.shape, precision,
-                                taps_of_g=judged[2] > judged[3]).astype(w.dtype)
+        return weight_grad_gemm(x, g, w.shape, precision, gemm_shape).astype(w.dtype)
 
-    if gemm_pays_off(judged):
+    if gemm_pays_off(w.shape if gemm_shape is None else gemm_shape):
         return dx, lax.platform_dependent(x, g, cpu=gemm_weight_grad, default=xla_weight_grad)
     return dx, xla_weight_grad(x, g)
 

@@ -60,9 +60,10 @@ class DeviceData:
 # ----------------------------------------------------------------------------- set-up
 
 # XLA:CPU's memory-optimising instruction scheduler, for train steps of at least
-# 256x256x4 pixels per device: at 512x512, batch 4, the step's scratch space shrinks
+# 256x256x4 pixels per device: at 512x512, batch 4, the step's scratch space shrank
 # from 2521 to 1340 MB (conv U-Net) and from 3847 to 3435 MB (inception U-Net), at the
-# same speed within noise at 256; at 128 it would cost 2-12% (BENCHMARKS.md).
+# same speed within noise at 256; at 128 it would cost 2-12% (BENCHMARKS.md; measured
+# before the decoder stopped building its concatenations).
 CPU_MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 MEMORY_SCHEDULER_MIN_PIXELS = 256 * 256 * 4
 
