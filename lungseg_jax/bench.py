@@ -13,6 +13,9 @@ Prints one JSON line per case and then a table:
   (XLA's buffer plan, the process' peak resident set, and the accelerator's peak where
   it reports one).
 * ``"case": "input_path"``: images/s of drawing and augmenting batches alone.
+* ``"case": "step_profile"`` (CPU, with ``--profile_runs N``): milliseconds per step spent
+  in each model layer's operations, forward and backward, and outside the model
+  (``lungseg_jax.op_profile``; layers overlap, so they sum to more than the step).
 """
 
 import json
@@ -27,7 +30,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lungseg_jax import augment, models, runtime, trainer
+from lungseg_jax import augment, models, op_profile, runtime, trainer
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "default.py")
@@ -42,6 +45,9 @@ flags.DEFINE_integer("channels", 3, "Input channels (3 as the peer benchmark).")
 flags.DEFINE_integer("steps", 20, "Timed steps.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 flags.DEFINE_integer("num_images", 32, "Resident training images to draw batches from.")
+flags.DEFINE_integer("profile_runs", 0, "Steps to profile per layer (CPU only; 0: none).")
+flags.DEFINE_integer("profile_depth", 1, "Module levels in a profiled layer's name "
+                     "(1: ConvBlock_3; 2: ConvBlock_3/ConvBNAct_0).")
 
 
 def forward_conv_flops(model: models.UNet, image_size: int, channels: int) -> int:
@@ -108,8 +114,13 @@ def median_seconds(run_once, steps: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def run_benchmark(config, steps: int, warmup: int, num_images: int) -> list:
-    """The two cases' result dicts (see module docstring)."""
+def run_benchmark(config, steps: int, warmup: int, num_images: int, profile_runs: int = 0,
+                  profile_depth: int = 1) -> list:
+    """The cases' result dicts (see module docstring)."""
+    platform = jax.devices()[0].platform
+    if profile_runs and platform != "cpu":
+        raise ValueError(f"profile_runs={profile_runs}: the per-layer profile is CPU-only, "
+                         f"not {platform} (use jax.profiler and TensorBoard there)")
     mesh = trainer.create_mesh()
     rng = np.random.default_rng(0)
     size, channels, batch = config.data.image_size, config.data.channels, config.batch_size
@@ -141,7 +152,7 @@ def run_benchmark(config, steps: int, warmup: int, num_images: int) -> list:
     flops = 3 * forward_conv_flops(model, size, channels) * batch
     common = {"model": config.model.name, "image_size": size, "batch_size": batch,
               "dtype": config.model.dtype, "devices": mesh.size,
-              "platform": jax.devices()[0].platform, "jax": jax.__version__}
+              "platform": platform, "jax": jax.__version__}
     train = {"case": "train_step", **common, "images_per_sec": round(batch / step_s, 3),
              "step_ms_median": round(1e3 * step_s, 2),
              "trace_lower_s": round(trace_lower_s, 2),
@@ -169,11 +180,16 @@ def run_benchmark(config, steps: int, warmup: int, num_images: int) -> list:
                              steps, warmup + 1)
     inputs = {"case": "input_path", **common, "images_per_sec": round(batch / input_s, 1),
               "ratio_to_train_step": round(step_s / input_s, 1)}
-    return [train, inputs]
+    if not profile_runs:
+        return [train, inputs]
+    layers = op_profile.layer_times(compiled, one_step, profile_runs, profile_depth)
+    profile = {"case": "step_profile", **common, "runs": profile_runs,
+               "layers": [{"layer": label, "ms": round(1e3 * s, 2)} for label, s in layers]}
+    return [train, inputs, profile]
 
 
 def format_table(results: list) -> str:
-    train, inputs = results
+    train, inputs = results[:2]
     rows = [("model", f"{train['model']} {train['image_size']}x{train['image_size']} "
                       f"batch {train['batch_size']} {train['dtype']} on {train['devices']} "
                       f"{train['platform']} device(s)"),
@@ -193,6 +209,10 @@ def format_table(results: list) -> str:
                           if train["device_peak_mb"] is not None else "")),
             ("input path", f"{inputs['images_per_sec']:.1f} img/s "
                            f"({inputs['ratio_to_train_step']:.0f}x the step's consumption)")]
+    for profile in results[2:]:
+        rows.append(("per layer", f"ms per step, mean of {profile['runs']} profiled steps "
+                                  f"(layers overlap: they sum to more than the step)"))
+        rows += [(f"{layer['ms']:9.2f}", layer["layer"]) for layer in profile["layers"]]
     return "\n".join(f"{name:<12} {value}" for name, value in rows)
 
 
@@ -202,7 +222,8 @@ def main(argv):
     runtime.reexec_with_huge_pages()
     with tempfile.TemporaryDirectory() as cache_dir:
         runtime.setup_jax(cache_dir)  # empty cache: the first compile is a cold one
-        results = run_benchmark(bench_config(), FLAGS.steps, FLAGS.warmup, FLAGS.num_images)
+        results = run_benchmark(bench_config(), FLAGS.steps, FLAGS.warmup, FLAGS.num_images,
+                                FLAGS.profile_runs, FLAGS.profile_depth)
     for result in results:
         print(json.dumps(result), flush=True)
     print(format_table(results), flush=True)

@@ -29,9 +29,15 @@ def test_flop_count_matches_the_peer_spec(name, peer):
             unet_spec.forward_flops(peer, size)
 
 
-def test_tiny_benchmark_reports_both_cases(tiny_config):
-    train, inputs = bench.run_benchmark(tiny_config, steps=2, warmup=1, num_images=8)
+def test_tiny_benchmark_reports_every_case(tiny_config):
+    train, inputs, profile = bench.run_benchmark(tiny_config, steps=2, warmup=1, num_images=8,
+                                                 profile_runs=2)
     assert train["case"] == "train_step" and inputs["case"] == "input_path"
+    assert profile["case"] == "step_profile" and profile["runs"] == 2
+    labels = {layer["layer"] for layer in profile["layers"]}
+    assert {"Conv_0 (forward)", "Conv_0 (backward)"} <= labels
+    assert all(layer["ms"] >= 0 for layer in profile["layers"])
+    assert "per layer" in bench.format_table([train, inputs, profile])
     assert train["images_per_sec"] > 0 and inputs["images_per_sec"] > 0
     assert train["compile_cold_s"] > 0 and train["compile_cached_s"] > 0
     assert train["trace_lower_s"] > 0
