@@ -19,7 +19,8 @@ reverse-mode differentiation only (``jax.grad``, not ``jax.jvp``).
 
 ``Conv`` is the models' layer: ``nn.Conv``'s parameters, applied to the channel
 concatenation of its inputs without building it (``models``: the U-Net decoder's
-upsampled path and skip connection).
+upsampled path and skip connection), the upsampled one without building it either
+(``upsampling.Upsampled``).
 """
 
 import functools
@@ -29,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from lungseg_jax.upsampling import Upsampled, conv3x3_of_upsampled, upsample_2x
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
@@ -111,7 +114,8 @@ conv2d_same.defvjp(_conv2d_same_fwd, _conv2d_same_bwd)
 class Conv(nn.Module):
     """``nn.Conv(features, (k, k), padding="SAME")`` with a glorot-normal kernel (the same
     parameters) applied to the channel concatenation of ``parts``, computed as the sum of
-    each part's ``conv2d_same`` with its slice of the kernel.
+    each part's ``conv2d_same`` with its slice of the kernel (``conv_of_upsampled`` for an
+    ``Upsampled`` part).
 
     Each part's input gradient is then a buffer of its own. Of a concatenation's
     gradient, XLA:CPU fuses the slicing into the slices' consumers, so every term of the
@@ -135,7 +139,26 @@ class Conv(nn.Module):
         out, start = bias, 0
         for part in parts:
             stop = start + part.shape[-1]
-            out = out + conv2d_same(part.astype(self.dtype), kernel[:, :, start:stop],
-                                    None, kernel.shape)
+            convolve = conv_of_upsampled if isinstance(part, Upsampled) else conv2d_same
+            out = out + convolve(getattr(part, "low", part).astype(self.dtype),
+                                 kernel[:, :, start:stop], None, kernel.shape)
             start = stop
         return out
+
+
+def conv_of_upsampled(x, w, precision=None, gemm_shape=None):
+    """``conv2d_same(upsample_2x(x), w)`` from ``x``: a 1x1 convolution before the
+    upsampling; a 3x3 one in sub-pixel form on the CPU (``upsampling``; other backends
+    convolve the upsampled tensor as before)."""
+    if w.shape[:2] == (1, 1):
+        return upsample_2x(conv2d_same(x, w, precision, gemm_shape))
+    built = functools.partial(_conv_of_built, precision=precision, gemm_shape=gemm_shape)
+    if w.shape[:2] == (3, 3):
+        return lax.platform_dependent(
+            x, w, cpu=functools.partial(conv3x3_of_upsampled, precision=precision),
+            default=built)
+    return built(x, w)
+
+
+def _conv_of_built(x, w, precision, gemm_shape):
+    return conv2d_same(upsample_2x(x), w, precision, gemm_shape)

@@ -23,8 +23,10 @@ run as matrix products where that pays off (``lungseg_jax.conv``). Memory: the
 decoder's concatenations ("cat" above) are never built; the layers that read one take
 its parts (``Conv(...)(up, skip)``, max-pooling each part), so the skip connection's
 gradient is a buffer of its own instead of a slice of a sum that XLA keeps unreduced
-until the encoder's backward pass (BENCHMARKS.md). ``tests/models_test.py`` and
-``tests/conv_test.py`` check each against the library formulation.
+until the encoder's backward pass (BENCHMARKS.md). Nor is the upsampled tensor built
+for the convolutions ("up" above: ``Upsampled(x)``; ``lungseg_jax.upsampling``), only
+for the inception block's pool branch. ``tests/models_test.py``, ``tests/conv_test.py``
+and ``tests/upsampling_test.py`` check each against the library formulation.
 """
 
 import functools
@@ -37,15 +39,9 @@ import jax.numpy as jnp
 from lungseg_jax.batchnorm import BatchNormLeakyReLU
 from lungseg_jax.conv import Conv
 from lungseg_jax.pooling import max_pool_2x2, max_pool_2x2_same
+from lungseg_jax.upsampling import Upsampled, full
 
 LEAKY_SLOPE = 0.3
-
-
-def upsample_2x(x):
-    """Nearest-neighbour 2x upsampling (NHWC)."""
-    n, h, w, c = x.shape
-    x = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c))
-    return x.reshape(n, 2 * h, 2 * w, c)
 
 
 class ConvBNAct(nn.Module):
@@ -82,7 +78,7 @@ class InceptionBlock(nn.Module):
         b = cba(1)(*parts, train=train)
         b = cba(3)(b, train=train)
         c = cba(1)(*parts, train=train)
-        d = cba(1)(*map(max_pool_2x2_same, parts), train=train)
+        d = cba(1)(*(max_pool_2x2_same(full(part)) for part in parts), train=train)
         return jnp.concatenate([a, b, c, d], axis=-1)
 
 
@@ -129,8 +125,8 @@ class UNet(nn.Module):
                 skips.append(x)
         x = block(self.features[-1])(x, train=train)
         for f in reversed(self.features[:-1]):
-            x = block(f)(upsample_2x(x), skips.pop(), train=train)
-        logits = Conv(1, 3, dtype=self.dtype)(upsample_2x(x), skips.pop())
+            x = block(f)(Upsampled(x), skips.pop(), train=train)
+        logits = Conv(1, 3, dtype=self.dtype)(Upsampled(x), skips.pop())
         return logits.astype(jnp.float32)
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lungseg_jax import models
+from lungseg_jax import models, upsampling
 from references import (FlaxBatchNormLeakyReLU, reference_pool_2x2, reference_pool_same,
                         reference_upsample)
 
@@ -47,9 +47,9 @@ def test_unet_returns_one_logit_per_pixel_at_any_depth(features):
 
 def test_upsample_equals_reference_with_gradient():
     x = jax.random.normal(jax.random.key(1), (2, 8, 6, 3))
-    np.testing.assert_array_equal(models.upsample_2x(x), reference_upsample(x))
+    np.testing.assert_array_equal(upsampling.upsample_2x(x), reference_upsample(x))
     cotangent = jax.random.normal(jax.random.key(2), (2, 16, 12, 3))
-    grad_fast = jax.grad(lambda v: jnp.sum(models.upsample_2x(v) * cotangent))(x)
+    grad_fast = jax.grad(lambda v: jnp.sum(upsampling.upsample_2x(v) * cotangent))(x)
     grad_ref = jax.grad(lambda v: jnp.sum(reference_upsample(v) * cotangent))(x)
     np.testing.assert_allclose(grad_fast, grad_ref, rtol=1e-6, atol=1e-6)
 
@@ -71,7 +71,7 @@ def test_whole_model_equals_reference_formulation(name, monkeypatch):
     (fast_loss, fast_stats), fast_grad = loss_and_grad()
     monkeypatch.setattr(models, "max_pool_2x2", reference_pool_2x2)
     monkeypatch.setattr(models, "max_pool_2x2_same", reference_pool_same)
-    monkeypatch.setattr(models, "upsample_2x", reference_upsample)
+    monkeypatch.setattr(models, "Upsampled", reference_upsample)  # built, and convolved
     monkeypatch.setattr(models, "BatchNormLeakyReLU", FlaxBatchNormLeakyReLU)
     (ref_loss, ref_stats), ref_grad = loss_and_grad()
     np.testing.assert_allclose(fast_loss, ref_loss, rtol=1e-6)
