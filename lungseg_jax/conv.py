@@ -139,9 +139,12 @@ class Conv(nn.Module):
         out, start = bias, 0
         for part in parts:
             stop = start + part.shape[-1]
-            convolve = conv_of_upsampled if isinstance(part, Upsampled) else conv2d_same
-            out = out + convolve(getattr(part, "low", part).astype(self.dtype),
-                                 kernel[:, :, start:stop], None, kernel.shape)
+            if isinstance(part, Upsampled):
+                convolve, part = conv_of_upsampled, part.low
+            else:
+                convolve = conv2d_same
+            out = out + convolve(part.astype(self.dtype), kernel[:, :, start:stop], None,
+                                 kernel.shape)
             start = stop
         return out
 
