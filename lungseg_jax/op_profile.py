@@ -6,7 +6,7 @@ few runs and sums those durations per instruction; ``layer_labels`` names each
 instruction after the Flax module that produced it (from the ``op_name`` metadata JAX
 attaches), forward or backward, so that ``layer_times`` can total them per layer. A
 fusion counts toward the layer of its root operation: a convolution's input gradient
-fused with the upsampling's backward counts as the U-Net's own ("UNet itself").
+fused with an upsampling's backward counts as the U-Net's own ("UNet itself").
 
 Operations run concurrently where the program allows it, each on the same thread pool,
 so per-layer times overlap and sum to more than the step's wall time: they show where

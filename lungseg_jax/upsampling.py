@@ -41,13 +41,10 @@ class Upsampled:
         n, h, w, c = self.low.shape
         return (n, 2 * h, 2 * w, c)
 
-    def full(self):
-        return upsample_2x(self.low)
-
 
 def full(part):
     """``part`` as an array: an ``Upsampled`` one built, any other as it is."""
-    return part.full() if isinstance(part, Upsampled) else part
+    return upsample_2x(part.low) if isinstance(part, Upsampled) else part
 
 
 def _phase_taps(w, axis):
