@@ -71,6 +71,10 @@ def conv3x3_of_upsampled(x, w, precision=None):
     (``custom_vjp``) stacks the output gradient's 16 shifted phases into one matrix for
     the two products back: autodiff's sum of 16 padded copies took XLA:CPU 24 ms for the
     conv U-Net's last decoder block."""
+    return _sub_pixel_conv(x, w, precision)
+
+
+def _sub_pixel_conv(x, w, precision):
     n, h, wd, _ = x.shape
     cout = w.shape[-1]
     z = jnp.dot(x.reshape(n * h * wd, -1), _sub_pixel_taps(w), precision=precision)
@@ -83,7 +87,7 @@ def conv3x3_of_upsampled(x, w, precision=None):
 
 
 def _conv3x3_of_upsampled_fwd(x, w, precision):
-    return conv3x3_of_upsampled(x, w, precision), (x, w)
+    return _sub_pixel_conv(x, w, precision), (x, w)
 
 
 def _conv3x3_of_upsampled_bwd(precision, residuals, g):
