@@ -94,18 +94,26 @@ class BatchNormLeakyReLU(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, use_running_average: bool):
+    def __call__(self, x, use_running_average: bool, input_bias=None):
+        """The layer applied to ``x + input_bias`` (per channel; None: no bias), without
+        that sum: BatchNorm subtracts the mean, so the bias only moves the mean, the
+        running one included. For a convolution's bias (``models.ConvBNAct``): the
+        sum would be a pass over the activations of its own, and the bias's gradient
+        in training is exactly zero instead of float noise."""
         features = x.shape[-1:]
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
         scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
         x = x.astype(self.dtype)
+        input_bias = 0.0 if input_bias is None else input_bias.astype(jnp.float32)
         if use_running_average:
             inv = lax.rsqrt(ra_var.value + self.epsilon)
-            return _normalize_leaky_relu(x, ra_mean.value, inv, scale, bias, self.slope)
+            return _normalize_leaky_relu(x, ra_mean.value - input_bias, inv, scale, bias,
+                                         self.slope)
         y, mean, var = batch_norm_leaky_relu(x, scale, bias, self.epsilon, self.slope)
         if not self.is_initializing():
-            ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+            ra_mean.value = (self.momentum * ra_mean.value
+                             + (1 - self.momentum) * (mean + input_bias))
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         return y

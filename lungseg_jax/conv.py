@@ -122,11 +122,15 @@ class Conv(nn.Module):
     sum that forms it (one per layer reading the concatenation, each with all its
     channels) stayed live until the skip connection's last consumer, deep in the
     backward pass: the inception U-Net's peak scratch memory at 256x256 fell from 861 to
-    543 MB with the parts kept apart (BENCHMARKS.md)."""
+    543 MB with the parts kept apart (BENCHMARKS.md).
+
+    ``add_bias=False`` creates the bias but leaves adding it to the caller, which reads it
+    from ``variables`` (``models.ConvBNAct``: BatchNorm takes it into its mean)."""
 
     features: int
     kernel_size: int
     dtype: Any = jnp.float32
+    add_bias: bool = True
 
     @nn.compact
     def __call__(self, *parts):
@@ -136,7 +140,7 @@ class Conv(nn.Module):
                             (k, k, channels, self.features), jnp.float32).astype(self.dtype)
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,),
                           jnp.float32).astype(self.dtype)
-        out, start = bias, 0
+        out, start = bias if self.add_bias else 0, 0
         for part in parts:
             stop = start + part.shape[-1]
             if isinstance(part, Upsampled):

@@ -33,7 +33,6 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from lungseg_jax.batchnorm import BatchNormLeakyReLU
@@ -45,7 +44,13 @@ LEAKY_SLOPE = 0.3
 
 
 class ConvBNAct(nn.Module):
-    """conv kxk 'same' (bias) of the concatenated ``parts`` -> BatchNorm -> LeakyReLU(0.3)."""
+    """conv kxk 'same' (bias) of the concatenated ``parts`` -> BatchNorm -> LeakyReLU(0.3).
+
+    The conv's bias goes to BatchNorm as its ``input_bias`` rather than being added
+    (the same function; one pass over the activations less, and the bias's training
+    gradient is its exact value, zero: BatchNorm subtracts the mean. As float noise,
+    Adam would scale it up to real steps, differently on every device layout, and
+    evaluation-mode BatchNorm would carry them in its running means)."""
 
     features: int
     kernel: int
@@ -54,9 +59,11 @@ class ConvBNAct(nn.Module):
 
     @nn.compact
     def __call__(self, *parts, train: bool):
-        x = Conv(self.features, self.kernel, dtype=self.dtype)(*parts)
+        conv = Conv(self.features, self.kernel, dtype=self.dtype, add_bias=False)
+        x = conv(*parts)
         return BatchNormLeakyReLU(self.bn_momentum, epsilon=1e-3, slope=LEAKY_SLOPE,
-                                  dtype=self.dtype, name="BatchNorm_0")(x, not train)
+                                  dtype=self.dtype, name="BatchNorm_0")(
+            x, not train, input_bias=conv.variables["params"]["bias"])
 
 
 class InceptionBlock(nn.Module):
@@ -128,23 +135,6 @@ class UNet(nn.Module):
             x = block(f)(Upsampled(x), skips.pop(), train=train)
         logits = Conv(1, 3, dtype=self.dtype)(Upsampled(x), skips.pop())
         return logits.astype(jnp.float32)
-
-
-def zero_bias_grads_before_batchnorm(grads):
-    """``grads`` with the gradients of the conv biases that feed BatchNorm set to their
-    exact value, zero (BatchNorm subtracts the batch mean, bias included). In float32
-    they are rounding noise, which Adam scales up to real steps, differently on every
-    device layout, and which evaluation-mode BatchNorm would then carry in its running
-    means."""
-
-    def exact(path, grad):
-        names = [getattr(key, "key", None) for key in path]
-        feeds_batchnorm = (len(names) >= 3 and names[-1] == "bias"
-                           and str(names[-2]).startswith("Conv_")
-                           and str(names[-3]).startswith(ConvBNAct.__name__))
-        return jnp.zeros_like(grad) if feeds_batchnorm else grad
-
-    return jax.tree_util.tree_map_with_path(exact, grads)
 
 
 MODELS = {

@@ -66,15 +66,22 @@ class DeviceData:
 # before the decoder stopped building its concatenations).
 CPU_MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 MEMORY_SCHEDULER_MIN_PIXELS = 256 * 256 * 4
+# LLVM's optimisation level for the kernels XLA:CPU generates (its fusions), 1 instead
+# of 2: the inception U-Net's cold compile at 128 took 3-6 s (15-25%) less, the step as
+# fast within noise (its time goes to the convolution and matrix-product libraries,
+# BENCHMARKS.md).
+CPU_CODEGEN = {"xla_backend_optimization_level": 1}
 
 
 def compiler_options(config, mesh: Mesh) -> dict | None:
-    """XLA options for the train step: ``CPU_MEMORY_SCHEDULER`` on the CPU for large
-    batches (pixels per device), else XLA's defaults."""
+    """XLA options for the train step on the CPU: ``CPU_CODEGEN``, and
+    ``CPU_MEMORY_SCHEDULER`` for large batches (pixels per device); XLA's defaults on
+    other platforms."""
+    if mesh.devices.flat[0].platform != "cpu":
+        return None
     pixels = config.data.image_size ** 2 * config.batch_size // mesh.size
-    if mesh.devices.flat[0].platform == "cpu" and pixels >= MEMORY_SCHEDULER_MIN_PIXELS:
-        return CPU_MEMORY_SCHEDULER
-    return None
+    return {**CPU_CODEGEN, **(CPU_MEMORY_SCHEDULER if pixels >= MEMORY_SCHEDULER_MIN_PIXELS
+                              else {})}
 
 
 def create_mesh(devices=None) -> Mesh:
@@ -165,7 +172,6 @@ def make_train_step(config, mesh: Mesh, steps_per_epoch: int, learning_rate_fn):
             return loss_fn(logits, masks), updates["batch_stats"]
 
         (loss, batch_stats), grads = jax.value_and_grad(compute_loss, has_aux=True)(state.params)
-        grads = models.zero_bias_grads_before_batchnorm(grads)
         grad_norm = optax.tree.norm(grads)
         first_of_epoch = state.step % steps_per_epoch == 0
         epoch_sums = jnp.where(first_of_epoch, 0.0, state.epoch_sums) + jnp.stack([loss, grad_norm])

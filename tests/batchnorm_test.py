@@ -91,3 +91,35 @@ def test_bfloat16_compute_keeps_float32_statistics():
                                rtol=1e-2, atol=1e-2)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), updates,
                  updates_ref)
+
+
+@pytest.mark.parametrize("use_running_average", [False, True])
+def test_input_bias_equals_flax_batchnorm_of_the_sum(use_running_average):
+    x, cotangent = inputs()
+    input_bias = jnp.array([0.7, -2.0, 0.1])
+    ours, flax_module = batchnorm.BatchNormLeakyReLU(**SETTINGS), FlaxBatchNormLeakyReLU(**SETTINGS)
+    variables = ours.init(jax.random.key(0), x, use_running_average=False)
+    _, updates = ours.apply(variables, x, False, input_bias, mutable=["batch_stats"])
+    variables = {**variables, **updates}
+
+    def loss(module, params, input_bias, x):
+        y, updates = module.apply({**variables, "params": params}, x, use_running_average,
+                                  input_bias, mutable=["batch_stats"])
+        return jnp.sum(y * cotangent), (y, updates)
+
+    grad = jax.value_and_grad(loss, argnums=(1, 2, 3), has_aux=True)
+    (_, (y, updates)), grads = grad(ours, variables["params"], input_bias, x)
+    # references.FlaxBatchNormLeakyReLU adds the bias to x, then normalises.
+    (_, (y_ref, updates_ref)), grads_ref = grad(flax_module, variables["params"], input_bias, x)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
+                 updates, updates_ref)
+    (g_params, g_bias, g_x), (g_params_ref, g_bias_ref, _) = grads, grads_ref
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+                 g_params, g_params_ref)
+    if use_running_average:
+        np.testing.assert_allclose(g_bias, g_bias_ref, rtol=1e-5, atol=1e-5)
+    else:  # BatchNorm subtracts the batch mean: the true gradient is zero, ours exactly
+        np.testing.assert_array_equal(g_bias, 0.0)
+        np.testing.assert_allclose(g_bias_ref, 0.0, atol=1e-5)
+    np.testing.assert_allclose(g_x, grads_ref[2], rtol=1e-5, atol=1e-5)

@@ -97,6 +97,16 @@ def test_conv_keeps_parameters_and_outputs_of_nn_conv():
                                rtol=1e-6, atol=1e-6)
 
 
+def test_conv_without_adding_its_bias_has_the_same_parameters():
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    with_bias, without = conv.Conv(4, 3), conv.Conv(4, 3, add_bias=False)
+    variables = with_bias.init(jax.random.key(1), x)
+    jax.tree.map(np.testing.assert_array_equal, without.init(jax.random.key(1), x), variables)
+    variables = jax.tree.map(lambda v: v + 1.0, variables)  # a bias that is not zero
+    np.testing.assert_allclose(without.apply(variables, x) + variables["params"]["bias"],
+                               with_bias.apply(variables, x), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("kernel_size", [1, 3])
 def test_conv_of_parts_equals_conv_of_their_concatenation(kernel_size):
     keys = jax.random.split(jax.random.key(2), 3)

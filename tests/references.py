@@ -21,13 +21,15 @@ def reference_upsample(x):
 class _BatchNormThenLeakyReLU(nn.BatchNorm):
     slope: float = 0.3
 
-    def __call__(self, x, use_running_average: bool):
+    def __call__(self, x, use_running_average: bool, input_bias=None):
+        if input_bias is not None:
+            x = x + input_bias.astype(x.dtype)
         return nn.leaky_relu(super().__call__(x, use_running_average=use_running_average),
                              self.slope)
 
 
 def FlaxBatchNormLeakyReLU(momentum, epsilon, slope, dtype=jnp.float32, name=None):
     """``batchnorm.BatchNormLeakyReLU`` as flax's ``nn.BatchNorm`` then ``nn.leaky_relu``:
-    same constructor, same variable names."""
+    same constructor, same variable names; an ``input_bias`` is added to ``x`` first."""
     return _BatchNormThenLeakyReLU(momentum=momentum, epsilon=epsilon, slope=slope,
                                    dtype=dtype, use_fast_variance=False, name=name)

@@ -104,21 +104,22 @@ def test_one_and_two_devices_give_the_same_run(tiny_config, tmp_path):
         np.testing.assert_allclose(a[0][key], b[0][key], atol=1e-3, err_msg=key)
     # Parameters and BatchNorm statistics agree to float noise: the conv biases that feed
     # BatchNorm get their exact zero gradient, not noise that Adam would scale to real steps
-    # (models.zero_bias_grads_before_batchnorm; before that, val_loss differed by 1e-4).
+    # (models.ConvBNAct; with noise there, val_loss differed by 1e-4).
     for x, y in zip(jax.tree.leaves((one.params, one.batch_stats)),
                     jax.tree.leaves((two.params, two.batch_stats))):
         np.testing.assert_allclose(x, y, atol=1e-5 * np.abs(y).max())
     assert int(one.step) == int(two.step) == 4
 
 
-def test_memory_scheduler_only_for_large_cpu_batches(tiny_config):
+def test_cpu_options_memory_scheduler_only_for_large_batches(tiny_config):
     mesh = trainer.create_mesh()  # two CPU devices (conftest)
+    both = {**trainer.CPU_CODEGEN, **trainer.CPU_MEMORY_SCHEDULER}
     tiny_config.data.image_size, tiny_config.batch_size = 256, 8
-    assert trainer.compiler_options(tiny_config, mesh) == trainer.CPU_MEMORY_SCHEDULER
+    assert trainer.compiler_options(tiny_config, mesh) == both
     tiny_config.batch_size = 4  # 256x256x2 per device
-    assert trainer.compiler_options(tiny_config, mesh) is None
+    assert trainer.compiler_options(tiny_config, mesh) == trainer.CPU_CODEGEN
     tiny_config.data.image_size = 512
-    assert trainer.compiler_options(tiny_config, mesh) == trainer.CPU_MEMORY_SCHEDULER
+    assert trainer.compiler_options(tiny_config, mesh) == both
 
 
 def test_train_step_compiles_with_the_memory_scheduler(tiny_config, monkeypatch):
