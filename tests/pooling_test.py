@@ -54,14 +54,6 @@ def test_same_pool_gradient_goes_to_each_windows_first_maximum():
     np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_maximum_first_gives_ties_gradient_to_its_first_argument():
-    x = jnp.array([1.0, 2.0, 3.0])
-    y = jnp.array([1.0, 3.0, 2.0])
-    gx, gy = jax.grad(lambda a, b: jnp.sum(pooling.maximum_first(a, b)), argnums=(0, 1))(x, y)
-    np.testing.assert_array_equal(gx, [1.0, 0.0, 1.0])
-    np.testing.assert_array_equal(gy, [0.0, 1.0, 0.0])
-
-
 @pytest.mark.parametrize("pool, reference", POOLS)
 def test_pool_keeps_bfloat16(pool, reference):
     x = random_input(ties=False).astype(jnp.bfloat16)
