@@ -47,11 +47,12 @@ LEAKY_SLOPE = 0.3
 class ConvBNAct(nn.Module):
     """conv kxk 'same' (bias) of the concatenated ``parts`` -> BatchNorm -> LeakyReLU(0.3).
 
-    The conv's bias goes to BatchNorm as its ``input_bias`` rather than being added
-    (the same function; one pass over the activations less, and the bias's training
-    gradient is its exact value, zero: BatchNorm subtracts the mean. As float noise,
-    Adam would scale it up to real steps, differently on every device layout, and
-    evaluation-mode BatchNorm would carry them in its running means)."""
+    The conv's bias goes to BatchNorm as its ``input_bias`` instead of being added: the
+    same function with one pass over the activations less, and the bias's training
+    gradient is exactly its true value, zero (BatchNorm subtracts the mean). Computed
+    through the sum it was float noise, which Adam scales up to real steps, differently
+    on every device layout, and which evaluation-mode BatchNorm then carried in its
+    running means."""
 
     features: int
     kernel: int

@@ -11,6 +11,7 @@ slices padded each window offset's gradient to the full size and summed four suc
 tensors: the inception U-Net's step ran 1.11x faster at 128 without them,
 BENCHMARKS.md). Same values, same gradients, ties included (``tests/pooling_test.py``).
 """
+
 import jax
 import jax.numpy as jnp
 from jax import lax
