@@ -30,11 +30,15 @@ def _windows(x):
 @jax.custom_vjp
 def max_pool_2x2(x):
     """2x2 max-pool with stride 2: ``nn.max_pool(x, (2, 2), (2, 2))``."""
+    return _pool_2x2(x)
+
+
+def _pool_2x2(x):
     return _windows(x).max(axis=(2, 4))
 
 
 def _pool_2x2_fwd(x):
-    y = max_pool_2x2(x)
+    y = _pool_2x2(x)
     return y, (x, y)
 
 
