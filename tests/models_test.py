@@ -81,25 +81,28 @@ def test_whole_model_equals_reference_formulation(name, monkeypatch):
                  fast_grad, ref_grad)
 
 
+def small_incp_unet_grads(variables, params, x, y, dtype=jnp.float32):
+    """Training-mode gradients of the small inception U-Net's loss at ``params``,
+    computing in ``dtype``."""
+    model = models.MODELS["incp_unet"](features=(4, 8), dtype=dtype)
+
+    def loss(p):
+        logits, _ = model.apply({**variables, "params": p}, x, train=True,
+                                mutable=["batch_stats"])
+        return jnp.mean(jax.nn.softplus(logits) - y * logits)
+    return jax.jit(jax.grad(loss))(params)
+
+
 def float32_and_float64_grads(x, y):
     """Gradients of the small inception U-Net computed in float32 and, from the same
     parameters, by the same model computing in float64."""
     variables = models.MODELS["incp_unet"](features=(4, 8)).init(jax.random.key(0), x,
                                                                   train=False)
-
-    def grads(dtype, params, x, y):
-        model = models.MODELS["incp_unet"](features=(4, 8), dtype=dtype)
-
-        def loss(p):
-            logits, _ = model.apply({**variables, "params": p}, x, train=True,
-                                    mutable=["batch_stats"])
-            return jnp.mean(jax.nn.softplus(logits) - y * logits)
-        return jax.jit(jax.grad(loss))(params)
-
-    got = grads(jnp.float32, variables["params"], x, y)
+    got = small_incp_unet_grads(variables, variables["params"], x, y)
     with jax.enable_x64(True):
         to64 = lambda t: jax.tree.map(lambda a: np.asarray(a, np.float64), t)  # noqa: E731
-        want = grads(jnp.float64, to64(variables["params"]), to64(x), to64(y))
+        want = small_incp_unet_grads(variables, to64(variables["params"]), to64(x), to64(y),
+                                     jnp.float64)
     return got, want
 
 
@@ -122,15 +125,9 @@ def test_float32_gradients_match_a_float64_reference():
 def test_exactly_zero_gradients_are_those_of_the_conv_biases_that_feed_batchnorm():
     x = jax.random.normal(jax.random.key(7), (2, 16, 16, 1))
     y = (jax.random.uniform(jax.random.key(8), (2, 16, 16, 1)) > 0.5).astype(jnp.float32)
-    model = models.MODELS["incp_unet"](features=(4, 8))
-    variables = model.init(jax.random.key(0), x, train=False)
-
-    def loss(params):
-        logits, _ = model.apply({**variables, "params": params}, x, train=True,
-                                mutable=["batch_stats"])
-        return jnp.mean(jax.nn.softplus(logits) - y * logits)
-
-    grads = jax.jit(jax.grad(loss))(variables["params"])
+    variables = models.MODELS["incp_unet"](features=(4, 8)).init(jax.random.key(0), x,
+                                                                  train=False)
+    grads = small_incp_unet_grads(variables, variables["params"], x, y)
     zeroed = [jax.tree_util.keystr(path)
               for path, g in jax.tree_util.tree_leaves_with_path(grads) if np.all(g == 0)]
     # Every block's conv biases (7 convs in each of 4 blocks: 2 levels, bottleneck, 1 up),
