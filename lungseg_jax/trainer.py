@@ -67,9 +67,9 @@ class DeviceData:
 CPU_MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 MEMORY_SCHEDULER_MIN_PIXELS = 256 * 256 * 4
 # LLVM's optimisation level for the kernels XLA:CPU generates (its fusions), 1 instead
-# of XLA's default: the inception U-Net's cold compile at 128 took 3-6 s (15-25%) less, the step as
-# fast within noise (its time goes to the convolution and matrix-product libraries,
-# BENCHMARKS.md).
+# of XLA's default: the inception U-Net's cold compile at 128 took 3-6 s (15-25%) less,
+# the step as fast within noise (its time goes to the convolution and matrix-product
+# libraries, BENCHMARKS.md).
 CPU_CODEGEN = {"xla_backend_optimization_level": 1}
 
 
