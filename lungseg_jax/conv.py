@@ -7,14 +7,17 @@ gradient is a sum of matrix products, one per kernel tap ``k``::
 
     dW[k] = sum over pixels p of  x[p + k - pad]^T  g[p]
 
-``conv2d_same`` keeps XLA's convolution for the forward pass and the input gradient
-and, on the CPU only (``lax.platform_dependent``) and where it pays off
-(``gemm_pays_off``), computes ``dW`` with ``jnp.dot``:
+``conv2d_same`` keeps XLA's convolution for the input gradient and, on the CPU only
+(``lax.platform_dependent``) and where it pays off (``gemm_pays_off``), computes
+``dW`` with ``jnp.dot``:
 one product per tap over shifted copies of ``x`` when ``x`` has no more channels than
 ``g``, else one product against the taps' shifted copies of ``g`` stacked side by
 side (a tiny output dimension is what XLA's CPU dot handles worst). Other backends
-keep XLA's own gradient. Same parameters, same outputs; the gradient agrees to
-float tolerance (``tests/conv_test.py``). Being a ``custom_vjp``, it supports
+keep XLA's own gradient. The forward pass is XLA's too, except on the CPU at the
+U-Net's two ends, where XLA's convolution is slowest: the first layer's few input
+channels (``conv_as_products``) and the last layer's single output channel
+(``conv_as_tap_product``, gradient included). Same parameters, same outputs; the
+gradient agrees to float tolerance (``tests/conv_test.py``). Being a ``custom_vjp``, it supports
 reverse-mode differentiation only (``jax.grad``, not ``jax.jvp``).
 
 ``Conv`` is the models' layer: ``nn.Conv``'s parameters, applied to the channel
@@ -40,6 +43,56 @@ def _xla_conv(x, w, precision):
     kh, kw = w.shape[:2]
     return lax.conv_general_dilated(x, w, (1, 1), ((kh // 2, kh // 2), (kw // 2, kw // 2)),
                                     dimension_numbers=DIMENSION_NUMBERS, precision=precision)
+
+
+FEW_INPUT_CHANNELS = 4  # the first layer's 3 (the peer's and the study's RGB copies)
+
+
+def products_pay_off(kernel_shape) -> bool:
+    """Where the CPU forward pass is ``conv_as_products``: kernels larger than 1x1 that
+    read at most ``FEW_INPUT_CHANNELS`` channels."""
+    kh, kw, cin, _ = kernel_shape
+    return cin <= FEW_INPUT_CHANNELS and kh * kw > 1
+
+
+def tap_product_pays_off(kernel_shape) -> bool:
+    """Where the CPU convolution is ``conv_as_tap_product``: no more outputs of all the
+    taps together than input channels (the U-Net's last layer: 9 from 32)."""
+    kh, kw, cin, cout = kernel_shape
+    return kh * kw * cout <= cin
+
+
+def conv_as_products(x, w):
+    """The 'same' convolution as ``kh * kw * cin`` broadcast multiply-adds of shifted
+    copies of ``x``, one fused loop. For the first layer's 3 input channels XLA:CPU's
+    convolution ran at about 12 GFLOP/s (3->32 channels at 256x256, batch 4: 37 ms), a
+    product over the 27 (tap, channel) pairs no faster; this loop took 13 ms."""
+    kh, kw, cin, _ = w.shape
+    return sum(xs[..., c:c + 1] * w[t // kw, t % kw, c]
+               for t, xs in enumerate(_shifted(x, kh, kw)) for c in range(cin))
+
+
+def conv_as_tap_product(x, w, precision=None):
+    """The 'same' convolution as one matrix product of ``x`` with every tap's weights side
+    by side, ``(cin, kh * kw * cout)``, then the sum of each tap's outputs shifted to its
+    offset: ``out[p] = sum over taps k of (x w_k)[p + k - pad]``. For few output channels,
+    where XLA:CPU's convolution is slowest (32->1 channels at 256x256, batch 4: 29 ms, this
+    3.4 ms); its gradient is autodiff's (two products and the shifts back)."""
+    kh, kw, cin, cout = w.shape
+    n, h, wd, _ = x.shape
+    taps = w.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
+    y = jnp.dot(x.reshape(-1, cin), taps, precision=precision).reshape(n, h, wd, kh * kw, cout)
+    y = jnp.pad(y, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0), (0, 0)))
+    return sum(y[:, i:i + h, j:j + wd, i * kw + j] for i in range(kh) for j in range(kw))
+
+
+def _forward(x, w, precision):
+    """``_conv2d_same``'s forward: ``conv_as_products`` on the CPU where it pays off, else
+    XLA's convolution."""
+    xla = functools.partial(_xla_conv, precision=precision)
+    if products_pay_off(w.shape):
+        return lax.platform_dependent(x, w, cpu=conv_as_products, default=xla)
+    return xla(x, w)
 
 
 def _shifted(a, kh, kw):
@@ -78,17 +131,30 @@ def gemm_pays_off(kernel_shape) -> bool:
     return kh == kw == 1 or cin != cout
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d_same(x, w, precision=None, gemm_shape=None):
     """Stride-1 convolution, NHWC input, HWIO kernel of odd size, zero 'same' padding.
 
+    On the CPU, ``conv_as_tap_product`` for few output channels; else the forward pass
+    of ``_conv2d_same`` (``conv_as_products`` for few input channels on the CPU, else
+    XLA's), with its weight gradient as matrix products where they pay off.
     ``gemm_shape``: the kernel shape that decides the weight gradient's form (default
     ``w``'s; a slice of a larger kernel passes the whole one's, see ``Conv``)."""
-    return _xla_conv(x, w, precision)
+    if tap_product_pays_off(w.shape):
+        return lax.platform_dependent(
+            x, w, cpu=functools.partial(conv_as_tap_product, precision=precision),
+            default=lambda x, w: _conv2d_same(x, w, precision, gemm_shape))
+    return _conv2d_same(x, w, precision, gemm_shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv2d_same(x, w, precision, gemm_shape):
+    """``conv2d_same`` with the input gradient XLA's and the weight gradient as matrix
+    products on the CPU where ``gemm_pays_off``."""
+    return _forward(x, w, precision)
 
 
 def _conv2d_same_fwd(x, w, precision, gemm_shape):
-    return _xla_conv(x, w, precision), (x, w)
+    return _forward(x, w, precision), (x, w)
 
 
 def _conv2d_same_bwd(precision, gemm_shape, residuals, g):
@@ -108,7 +174,7 @@ def _conv2d_same_bwd(precision, gemm_shape, residuals, g):
     return dx, xla_weight_grad(x, g)
 
 
-conv2d_same.defvjp(_conv2d_same_fwd, _conv2d_same_bwd)
+_conv2d_same.defvjp(_conv2d_same_fwd, _conv2d_same_bwd)
 
 
 class Conv(nn.Module):

@@ -10,12 +10,15 @@ from jax import lax
 
 from lungseg_jax import conv
 
+# Weight gradient (on the CPU): 1x1 one product; no more input than output channels
+# one product per tap; more input channels the taps of g stacked into one product.
 KERNEL_SHAPES = [
-    (1, 1, 3, 5),  # 1x1: one product
-    (3, 3, 2, 5),  # fewer input channels: one product per tap
-    (3, 3, 4, 4),  # equal channels: one product per tap
-    (3, 3, 6, 4),  # more input channels: taps of g stacked into one product
-    (5, 3, 3, 2),  # non-square odd kernel
+    (1, 1, 3, 5),  # 1x1
+    (3, 3, 2, 5),  # fewer input channels; forward as broadcast products (few inputs)
+    (3, 3, 4, 4),  # equal channels; forward as broadcast products
+    (3, 3, 6, 4),  # more input channels; XLA's forward
+    (5, 3, 3, 2),  # non-square odd kernel; forward as broadcast products
+    (3, 3, 19, 2),  # few outputs: forward and gradients through one product to all taps
 ]
 
 
@@ -26,6 +29,16 @@ def numpy_weight_grad(x, g, kernel_shape):
     padded = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
     return np.stack([np.stack([np.einsum("nhwc,nhwo->co", padded[:, i:i + h, j:j + w], g)
                                for j in range(kw)]) for i in range(kh)])
+
+
+def numpy_conv(x, w):
+    """The 'same' convolution straight from its definition: out[p] = sum over taps k of
+    x[p + k - pad] w[k]."""
+    kh, kw, _, _ = w.shape
+    _, h, wd, _ = x.shape
+    padded = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    return sum(np.einsum("nhwc,co->nhwo", padded[:, i:i + h, j:j + wd], w[i, j])
+               for i in range(kh) for j in range(kw))
 
 
 def random_case(kernel_shape, seed=0):
@@ -60,6 +73,32 @@ def test_value_and_both_gradients_equal_xla_convolution(kernel_shape):
     want = jax.jit(lambda: pullback(xla_conv))()
     for name, a, b in zip(("output", "input grad", "weight grad"), got, want):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("form", [conv.conv_as_products, conv.conv_as_tap_product])
+@pytest.mark.parametrize("kernel_shape", KERNEL_SHAPES)
+def test_cpu_forward_forms_match_numpy_definition(form, kernel_shape):
+    x, w, _ = random_case(kernel_shape, seed=2)
+    np.testing.assert_allclose(jax.jit(form)(x, w), numpy_conv(x, w), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel_shape, form", [
+    ((3, 3, 3, 32), "broadcast products"),  # the U-Net's first layer
+    ((3, 3, 32, 1), "one product to all taps"),  # its last layer (the skip connection's part)
+    ((3, 3, 8, 8), "XLA's convolution"),
+    ((1, 1, 3, 8), "XLA's convolution"),
+])
+def test_forward_form_on_cpu_by_channel_counts(kernel_shape, form):
+    assert conv.products_pay_off(kernel_shape) == (form == "broadcast products")
+    assert conv.tap_product_pays_off(kernel_shape) == (form == "one product to all taps")
+    x, w, _ = random_case(kernel_shape)
+
+    def forward_hlo(platform):
+        return jax.jit(conv.conv2d_same).trace(x, w).lower(
+            lowering_platforms=(platform,)).as_text()
+
+    assert ("convolution" in forward_hlo("cpu")) == (form == "XLA's convolution")
+    assert "convolution" in forward_hlo("cuda")
 
 
 def weight_grad_hlo(platform, kernel_shape=(3, 3, 4, 8), gemm_shape=None):
