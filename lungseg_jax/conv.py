@@ -8,8 +8,8 @@ gradient is a sum of matrix products, one per kernel tap ``k``::
     dW[k] = sum over pixels p of  x[p + k - pad]^T  g[p]
 
 ``conv2d_same`` keeps XLA's convolution for the input gradient and, on the CPU only
-(``lax.platform_dependent``) and where it pays off (``gemm_pays_off``), computes
-``dW`` with ``jnp.dot``:
+(``lax.platform_dependent``) and where it pays off (``gemm_pays_off``: not on hosts
+with AVX-512, whose XLA convolution gradient is fast), computes ``dW`` with ``jnp.dot``:
 one product per tap over shifted copies of ``x`` when ``x`` has no more channels than
 ``g``, else one product against the taps' shifted copies of ``g`` stacked side by
 side (a tiny output dimension is what XLA's CPU dot handles worst). Other backends
@@ -123,12 +123,30 @@ def weight_grad_gemm(x, g, kernel_shape, precision=None, gemm_shape=None):
     return dw.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
 
 
+def host_cpu_has_avx512(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the host's CPU reports AVX-512 (Linux's ``avx512f`` flag); False where
+    that cannot be read."""
+    try:
+        with open(cpuinfo) as f:
+            return any(line.startswith("flags") and "avx512f" in line.split() for line in f)
+    except OSError:
+        return False
+
+
+# XLA:CPU's own weight gradient: slow on a 2-core Zen 3 host (AVX2; the reason for
+# ``weight_grad_gemm``), the faster of the two on a 2-core Zen 4 host (AVX-512), where
+# the whole train step ran 1.10x (conv U-Net, 256x256) and 1.00-1.04x (other cases)
+# faster with it than with the matrix products (BENCHMARKS.md).
+XLA_WEIGHT_GRAD_IS_FAST = host_cpu_has_avx512()
+
+
 def gemm_pays_off(kernel_shape) -> bool:
-    """Where whole-step timings on the CPU favour ``weight_grad_gemm``: 1x1 kernels (no
-    copies) and kernels between different channel counts. Between equal counts (the
-    inception block's 3x3 convolutions) the tap copies cost time and memory."""
+    """Where whole-step timings on the CPU favour ``weight_grad_gemm``: on hosts without
+    AVX-512, 1x1 kernels (no copies) and kernels between different channel counts.
+    Between equal counts (the inception block's 3x3 convolutions) the tap copies cost
+    time and memory."""
     kh, kw, cin, cout = kernel_shape
-    return kh == kw == 1 or cin != cout
+    return not XLA_WEIGHT_GRAD_IS_FAST and (kh == kw == 1 or cin != cout)
 
 
 def conv2d_same(x, w, precision=None, gemm_shape=None):

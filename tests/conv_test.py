@@ -61,8 +61,20 @@ def test_weight_grad_gemm_matches_numpy_definition(kernel_shape):
     np.testing.assert_allclose(got, numpy_weight_grad(x, g, kernel_shape), rtol=1e-5, atol=1e-5)
 
 
+@pytest.fixture(params=[False, True], ids=["gemm_weight_grads", "xla_weight_grads"])
+def host_avx512(request, monkeypatch):
+    """Both CPU weight-gradient rules, whatever this host's CPU."""
+    monkeypatch.setattr(conv, "XLA_WEIGHT_GRAD_IS_FAST", request.param)
+    return request.param
+
+
+@pytest.fixture
+def host_without_avx512(monkeypatch):
+    monkeypatch.setattr(conv, "XLA_WEIGHT_GRAD_IS_FAST", False)
+
+
 @pytest.mark.parametrize("kernel_shape", KERNEL_SHAPES)
-def test_value_and_both_gradients_equal_xla_convolution(kernel_shape):
+def test_value_and_both_gradients_equal_xla_convolution(kernel_shape, host_avx512):
     x, w, g = random_case(kernel_shape, seed=1)
 
     def pullback(fn):
@@ -110,13 +122,33 @@ def weight_grad_hlo(platform, kernel_shape=(3, 3, 4, 8), gemm_shape=None):
     return jax.jit(weight_grad).trace(w).lower(lowering_platforms=(platform,)).as_text()
 
 
-def test_weight_gradient_is_a_matrix_product_on_cpu_and_xla_convolution_elsewhere():
+def test_weight_gradient_is_a_matrix_product_on_cpu_and_xla_convolution_elsewhere(
+        host_without_avx512):
     assert "convolution" not in weight_grad_hlo("cpu")
     assert "dot_general" in weight_grad_hlo("cpu")
     assert "convolution" in weight_grad_hlo("cuda")
 
 
-def test_equal_channel_kernels_keep_xla_weight_gradient_on_cpu():
+def test_weight_gradient_is_xla_convolution_on_cpus_with_avx512(monkeypatch):
+    monkeypatch.setattr(conv, "XLA_WEIGHT_GRAD_IS_FAST", True)
+    for kernel_shape in [(3, 3, 4, 8), (1, 1, 4, 8)]:
+        assert not conv.gemm_pays_off(kernel_shape)
+        assert "convolution" in weight_grad_hlo("cpu", kernel_shape)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu sse avx2 fma avx512f avx512bw", True),
+    ("fpu sse avx2 fma", False),
+    ("fpu sse avx2 avx512_vnni", False),  # only AVX-512 Foundation counts
+])
+def test_host_cpu_has_avx512_reads_the_flags_line(tmp_path, flags, expected):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n")
+    assert conv.host_cpu_has_avx512(str(cpuinfo)) is expected
+    assert conv.host_cpu_has_avx512(str(tmp_path / "missing")) is False
+
+
+def test_equal_channel_kernels_keep_xla_weight_gradient_on_cpu(host_without_avx512):
     assert not conv.gemm_pays_off((3, 3, 4, 4))
     assert "convolution" in weight_grad_hlo("cpu", (3, 3, 4, 4))
     assert "convolution" not in weight_grad_hlo("cpu", (1, 1, 4, 4))
