@@ -17,8 +17,8 @@ keep XLA's own gradient. The forward pass is XLA's too, except on the CPU at the
 U-Net's two ends, where XLA's convolution is slowest: the first layer's few input
 channels (``conv_as_products``) and the last layer's single output channel
 (``conv_as_tap_product``, gradient included). Same parameters, same outputs; the
-gradient agrees to float tolerance (``tests/conv_test.py``). Being a ``custom_vjp``, it supports
-reverse-mode differentiation only (``jax.grad``, not ``jax.jvp``).
+gradient agrees to float tolerance (``tests/conv_test.py``). Being a ``custom_vjp``, it
+supports reverse-mode differentiation only (``jax.grad``, not ``jax.jvp``).
 
 ``Conv`` is the models' layer: ``nn.Conv``'s parameters, applied to the channel
 concatenation of its inputs without building it (``models``: the U-Net decoder's
@@ -45,7 +45,7 @@ def _xla_conv(x, w, precision):
                                     dimension_numbers=DIMENSION_NUMBERS, precision=precision)
 
 
-FEW_INPUT_CHANNELS = 4  # the first layer's 3 (the peer's and the study's RGB copies)
+FEW_INPUT_CHANNELS = 3  # the first layer's: CT's 1, or the peer's and the study's RGB copies
 
 
 def products_pay_off(kernel_shape) -> bool:

@@ -15,7 +15,7 @@ from lungseg_jax import conv
 KERNEL_SHAPES = [
     (1, 1, 3, 5),  # 1x1
     (3, 3, 2, 5),  # fewer input channels; forward as broadcast products (few inputs)
-    (3, 3, 4, 4),  # equal channels; forward as broadcast products
+    (3, 3, 4, 4),  # equal channels
     (3, 3, 6, 4),  # more input channels; XLA's forward
     (5, 3, 3, 2),  # non-square odd kernel; forward as broadcast products
     (3, 3, 19, 2),  # few outputs: forward and gradients through one product to all taps

@@ -104,10 +104,12 @@ def test_one_and_two_devices_give_the_same_run(tiny_config, tmp_path):
         np.testing.assert_allclose(a[0][key], b[0][key], atol=1e-3, err_msg=key)
     # Parameters and BatchNorm statistics agree to float noise: the conv biases that feed
     # BatchNorm get their exact zero gradient, not noise that Adam would scale to real steps
-    # (models.ConvBNAct; with noise there, val_loss differed by 1e-4).
+    # (models.ConvBNAct; with noise there, val_loss differed by 1e-4, and those biases by
+    # 2-5x their leaf's largest value). Float noise through four Adam steps, where a
+    # gradient nearly cancels: up to 2e-4 of a leaf's largest value on a Zen 4 host.
     for x, y in zip(jax.tree.leaves((one.params, one.batch_stats)),
                     jax.tree.leaves((two.params, two.batch_stats))):
-        np.testing.assert_allclose(x, y, atol=1e-5 * np.abs(y).max())
+        np.testing.assert_allclose(x, y, atol=1e-3 * np.abs(y).max())
     assert int(one.step) == int(two.step) == 4
 
 
