@@ -64,13 +64,14 @@ def main():
     args = parser.parse_args()
     variants = [("eager", 0), ("eager", 1)] + ([("compile", 0)] if args.compile else [])
 
-    rows = []
+    rows, host = [], None
     for case in args.cases.split(","):
         model, size = case.split(":")
         size = int(size)
         ratios, mine, best = [], [], []
         for _ in range(args.rounds):
-            our_ips = ours(model, size, args.steps)[0]["images_per_sec"]
+            our_step = ours(model, size, args.steps)[0]
+            our_ips, host = our_step["images_per_sec"], our_step["host_cpu"]
             their_ips = max(theirs(args, model, size, args.steps, v)[0]["images_per_sec"]
                             for v in variants)
             ratios.append(our_ips / their_ips)
@@ -83,6 +84,7 @@ def main():
         print(json.dumps(row), flush=True)
         rows.append(row)
 
+    print(f"\nHost CPU (ours, lungseg_jax.bench): {json.dumps(host)}")
     print("\n| model | size | ours img/s | best torch img/s | ratio ours/torch (median) | "
           "per round |\n|---|---|---|---|---|---|")
     for r in rows:

@@ -4,7 +4,7 @@
         [--dtype float32] [--steps 20] [--config configs/default.py --config.x=y]
 
 Prints one JSON line per case and then a table:
-* ``"case": "train_step"``: time to trace and lower the step (Python; paid on every
+* ``"case": "train_step"``: the host's CPU (speed choices depend on it), time to trace and lower the step (Python; paid on every
   start), XLA's cold compile time (empty persistent cache), XLA's compile time from the
   persistent cache (in the same process, after ``jax.clear_caches``), images/s (median
   step after warm-up, each step timed with ``block_until_ready``), achieved GFLOP/s from
@@ -152,7 +152,7 @@ def run_benchmark(config, steps: int, warmup: int, num_images: int, profile_runs
     flops = 3 * forward_conv_flops(model, size, channels) * batch
     common = {"model": config.model.name, "image_size": size, "batch_size": batch,
               "dtype": config.model.dtype, "devices": mesh.size,
-              "platform": platform, "jax": jax.__version__}
+              "platform": platform, "jax": jax.__version__, "host_cpu": runtime.host_cpu()}
     train = {"case": "train_step", **common, "images_per_sec": round(batch / step_s, 3),
              "step_ms_median": round(1e3 * step_s, 2),
              "trace_lower_s": round(trace_lower_s, 2),
@@ -188,11 +188,20 @@ def run_benchmark(config, steps: int, warmup: int, num_images: int, profile_runs
     return [train, inputs, profile]
 
 
+def describe_cpu(cpu: dict) -> str:
+    """``"AMD EPYC (family 25, model 17), AVX-512, 2 cores"`` from ``runtime.host_cpu()``."""
+    if not cpu:
+        return f"CPU not reported, {os.cpu_count()} cores"
+    return (f"{cpu['name']} (family {cpu['family']}, model {cpu['model']}), "
+            f"{'AVX-512' if cpu['avx512'] else 'no AVX-512'}, {os.cpu_count()} cores")
+
+
 def format_table(results: list) -> str:
     train, inputs = results[:2]
     rows = [("model", f"{train['model']} {train['image_size']}x{train['image_size']} "
                       f"batch {train['batch_size']} {train['dtype']} on {train['devices']} "
                       f"{train['platform']} device(s)"),
+            ("host", describe_cpu(train["host_cpu"])),
             ("train step", f"{train['images_per_sec']:.2f} img/s "
                            f"(median {train['step_ms_median']:.1f} ms)"),
             ("achieved", f"{train['achieved_gflop_per_s']:.1f} GFLOP/s "

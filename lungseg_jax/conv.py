@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lungseg_jax import runtime
 from lungseg_jax.upsampling import Upsampled, conv3x3_of_upsampled, upsample_2x
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -123,21 +124,11 @@ def weight_grad_gemm(x, g, kernel_shape, precision=None, gemm_shape=None):
     return dw.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
 
 
-def host_cpu_has_avx512(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether the host's CPU reports AVX-512 (Linux's ``avx512f`` flag); False where
-    that cannot be read."""
-    try:
-        with open(cpuinfo) as f:
-            return any(line.startswith("flags") and "avx512f" in line.split() for line in f)
-    except OSError:
-        return False
-
-
 # XLA:CPU's own weight gradient: slow on a 2-core Zen 3 host (AVX2; the reason for
 # ``weight_grad_gemm``), the faster of the two on a 2-core Zen 4 host (AVX-512), where
 # the whole train step ran 1.10x (conv U-Net, 256x256) and 1.00-1.04x (other cases)
 # faster with it than with the matrix products (BENCHMARKS.md).
-XLA_WEIGHT_GRAD_IS_FAST = host_cpu_has_avx512()
+XLA_WEIGHT_GRAD_IS_FAST = runtime.host_cpu().get("avx512", False)
 
 
 def gemm_pays_off(kernel_shape) -> bool:

@@ -29,6 +29,23 @@ def transparent_huge_pages_mode(path: str = THP_MODE_FILE) -> str | None:
     return chosen[0] if chosen else None
 
 
+def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """The host's CPU as Linux reports it for its first processor: ``name``, ``family``,
+    ``model`` (strings) and ``avx512`` (the ``avx512f`` flag); {} where that cannot be
+    read (not Linux). Speed choices depend on it (``conv.XLA_WEIGHT_GRAD_IS_FAST``) and
+    benchmarks record it."""
+    try:
+        with open(cpuinfo) as f:
+            first = f.read().split("\n\n")[0]
+    except OSError:
+        return {}
+    fields = dict((key.strip(), value.strip()) for key, value in
+                  (line.split(":", 1) for line in first.splitlines() if ":" in line))
+    return {"name": fields.get("model name", ""), "family": fields.get("cpu family", ""),
+            "model": fields.get("model", ""),
+            "avx512": "avx512f" in fields.get("flags", "").split()}
+
+
 def glibc_version() -> tuple[int, ...] | None:
     """(major, minor) of the C library when it is glibc, else None."""
     try:

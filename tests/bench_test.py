@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from lungseg_jax import bench, models
+from lungseg_jax import bench, models, runtime
 
 PEERS = os.path.join(REPO, "..", "shared", "peers")
 
@@ -45,4 +45,12 @@ def test_tiny_benchmark_reports_every_case(tiny_config):
     # At least the parameters and the resident images are read each step.
     assert train["xla_gbyte_per_step"] * 1e9 > 4 * 8 * tiny_config.data.image_size ** 2
     assert train["device_peak_mb"] is None  # the CPU reports no device memory
+    assert train["host_cpu"] == runtime.host_cpu()
     assert "img/s" in bench.format_table([train, inputs])
+
+
+def test_host_line_names_the_cpu_or_says_it_is_not_reported():
+    cpu = {"name": "AMD EPYC", "family": "25", "model": "17", "avx512": True}
+    assert bench.describe_cpu(cpu).startswith("AMD EPYC (family 25, model 17), AVX-512, ")
+    assert "no AVX-512" in bench.describe_cpu({**cpu, "avx512": False})
+    assert bench.describe_cpu({}).startswith("CPU not reported, ")

@@ -136,18 +136,6 @@ def test_weight_gradient_is_xla_convolution_on_cpus_with_avx512(monkeypatch):
         assert "convolution" in weight_grad_hlo("cpu", kernel_shape)
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ("fpu sse avx2 fma avx512f avx512bw", True),
-    ("fpu sse avx2 fma", False),
-    ("fpu sse avx2 avx512_vnni", False),  # only AVX-512 Foundation counts
-])
-def test_host_cpu_has_avx512_reads_the_flags_line(tmp_path, flags, expected):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\n")
-    assert conv.host_cpu_has_avx512(str(cpuinfo)) is expected
-    assert conv.host_cpu_has_avx512(str(tmp_path / "missing")) is False
-
-
 def test_equal_channel_kernels_keep_xla_weight_gradient_on_cpu(host_without_avx512):
     assert not conv.gemm_pays_off((3, 3, 4, 4))
     assert "convolution" in weight_grad_hlo("cpu", (3, 3, 4, 4))

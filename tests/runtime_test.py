@@ -29,6 +29,21 @@ def test_transparent_huge_pages_mode_is_the_bracketed_choice(tmp_path):
     assert runtime.transparent_huge_pages_mode(str(tmp_path / "absent")) is None
 
 
+@pytest.mark.parametrize("flags, avx512", [
+    ("fpu sse avx2 fma avx512f avx512bw", True),
+    ("fpu sse avx2 fma", False),
+    ("fpu sse avx2 avx512_vnni", False),  # only AVX-512 Foundation counts
+])
+def test_host_cpu_reads_the_first_processor(tmp_path, flags, avx512):
+    cpuinfo = tmp_path / "cpuinfo"
+    first = (f"processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: Some CPU\n"
+             f"flags\t\t: {flags}\n")
+    cpuinfo.write_text(first + "\n" + first.replace("Some CPU", "Another CPU") + "\n")
+    assert runtime.host_cpu(str(cpuinfo)) == {"name": "Some CPU", "family": "25",
+                                               "model": "17", "avx512": avx512}
+    assert runtime.host_cpu(str(tmp_path / "missing")) == {}
+
+
 def test_huge_pages_environment_adds_the_tunable_only_where_it_helps():
     env = {"PATH": "/bin"}
     added = runtime.huge_pages_environment(env, "madvise", (2, 36))
