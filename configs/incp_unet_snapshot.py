@@ -15,6 +15,8 @@ bound; the benchmark's quiet-machine 10.5 img/s implies about 19 minutes): 60 ep
 49.6 min; on 24 held-out real slices at 512x512, pooled IoU final 0.936, snapshot ensemble
 0.943, ensemble + flip TTA + two-component post-processing (chosen on validation) 0.948;
 0.971 without the one test slice whose truth mask omits a lung. README, "Results".
+Re-run 2026-11-27 on a quiet 2-core Zen 4 (AVX-512) machine: 7.2 min; final 0.934,
+ensemble 0.943, chosen 0.948 (0.970 without the slice).
 
 At the study's 512x512 (``--config.data.image_size=512``), measured 2026-11-26 on one
 NVIDIA H200 (three runs sharing it): 60 epochs in 3.4 min; pooled IoU final 0.919,

@@ -18,8 +18,9 @@ LeakyReLU(0.3).
 
 Speed on XLA's CPU backend: pooling (``lungseg_jax.pooling``) and upsampling
 are written as reshapes and shifts instead of ``nn.max_pool``/``jax.image.resize``
-(their gradients are much cheaper there), and the convolutions' weight gradients
-run as matrix products where that pays off (``lungseg_jax.conv``). Memory: the
+(their gradients are much cheaper there), and ``lungseg_jax.conv`` computes
+convolutions in forms of its own where XLA's are slow there (the weight gradients on
+hosts without AVX-512, the first and last layers). Memory: the
 decoder's concatenations ("cat" above) are never built; the layers that read one take
 its parts (``Conv(...)(up, skip)``, max-pooling each part), so the skip connection's
 gradient is a buffer of its own instead of a slice of a sum that XLA keeps unreduced
