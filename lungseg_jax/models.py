@@ -25,9 +25,10 @@ decoder's concatenations ("cat" above) are never built; the layers that read one
 its parts (``Conv(...)(up, skip)``, max-pooling each part), so the skip connection's
 gradient is a buffer of its own instead of a slice of a sum that XLA keeps unreduced
 until the encoder's backward pass (BENCHMARKS.md). Nor is the upsampled tensor built
-for the convolutions ("up" above: ``Upsampled(x)``; ``lungseg_jax.upsampling``), only
-for the inception block's pool branch. ``tests/models_test.py``, ``tests/conv_test.py``
-and ``tests/upsampling_test.py`` check each against the library formulation.
+("up" above: ``Upsampled(x)``; ``lungseg_jax.upsampling``): the convolutions and the
+inception block's pool branch work from ``x``. ``tests/models_test.py``,
+``tests/conv_test.py``, ``tests/pooling_test.py`` and ``tests/upsampling_test.py`` check
+each against the library formulation.
 """
 
 import functools
@@ -39,8 +40,8 @@ import jax.numpy as jnp
 
 from lungseg_jax.batchnorm import BatchNormLeakyReLU
 from lungseg_jax.conv import Conv
-from lungseg_jax.pooling import max_pool_2x2, max_pool_2x2_same
-from lungseg_jax.upsampling import Upsampled, full
+from lungseg_jax.pooling import max_pool_2x2, max_pool_2x2_same_of
+from lungseg_jax.upsampling import Upsampled
 
 LEAKY_SLOPE = 0.3
 
@@ -88,7 +89,7 @@ class InceptionBlock(nn.Module):
         b = cba(1)(*parts, train=train)
         b = cba(3)(b, train=train)
         c = cba(1)(*parts, train=train)
-        d = cba(1)(*(max_pool_2x2_same(full(part)) for part in parts), train=train)
+        d = cba(1)(*(max_pool_2x2_same_of(part) for part in parts), train=train)
         return materialized_on_cpu(jnp.concatenate([a, b, c, d], axis=-1))
 
 

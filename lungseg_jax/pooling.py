@@ -10,11 +10,17 @@ input gradient in one elementwise pass from it (autodiff of the stride-2 pool's
 slices padded each window offset's gradient to the full size and summed four such
 tensors: the inception U-Net's step ran 1.11x faster at 128 without them,
 BENCHMARKS.md). Same values, same gradients, ties included (``tests/pooling_test.py``).
+
+``max_pool_2x2_same_of_upsampled`` pools a nearest-neighbour upsampled tensor from the
+small one (the inception block's pool branch in the decoder, through
+``max_pool_2x2_same_of``), without building it.
 """
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from lungseg_jax.upsampling import Upsampled
 
 
 # A window's offsets in row-major order: its first maximum gets the gradient.
@@ -76,31 +82,80 @@ def shift(a, di: int, dj: int, fill):
 def max_pool_2x2_same(x):
     """Keras ``MaxPooling2D(2, strides=1, padding='same')``: the window at (i, j)
     covers rows i, i+1 and columns j, j+1; outside the image counts as -inf."""
-    return _pool_same(x)
+    return _pool_over(x, WINDOW)
 
 
-def _pool_same(x):
+def _pool_over(x, offsets):
+    """The maximum of ``x`` shifted by each of ``offsets`` (-inf outside)."""
     y = x
-    for di, dj in WINDOW[1:]:
+    for di, dj in offsets[1:]:
         y = jnp.maximum(y, shift(x, di, dj, -jnp.inf))
     return y
 
 
+def _route(x, y, g, offsets):
+    """The gradient at ``x`` of windows over ``offsets`` (maxima ``y``, gradients ``g``):
+    window (i, j)'s gradient goes to (i + di, j + dj) if that is its first maximum, so
+    the gradient at p comes from window p - (di, dj) if its first maximum is offset k."""
+    first = _first_maximum([shift(x, di, dj, -jnp.inf) for di, dj in offsets], y)
+    dx = jnp.zeros_like(g)
+    for k, (di, dj) in enumerate(offsets):
+        dx = dx + jnp.where(shift(first, -di, -dj, -1) == k, shift(g, -di, -dj, 0),
+                            jnp.zeros((), g.dtype))
+    return dx
+
+
 def _pool_same_fwd(x):
-    y = _pool_same(x)
+    y = max_pool_2x2_same(x)
     return y, (x, y)
 
 
 def _pool_same_bwd(residuals, g):
     x, y = residuals
-    first = _first_maximum([shift(x, di, dj, -jnp.inf) for di, dj in WINDOW], y)
-    # Window (i, j)'s gradient goes to (i + di, j + dj) if that is its first maximum:
-    # the gradient at p comes from window p - (di, dj) if its first maximum is at k.
-    dx = jnp.zeros_like(g)
-    for k, (di, dj) in enumerate(WINDOW):
-        dx = dx + jnp.where(shift(first, -di, -dj, -1) == k, shift(g, -di, -dj, 0),
-                            jnp.zeros((), g.dtype))
-    return (dx,)
+    return (_route(x, y, g, WINDOW),)
 
 
 max_pool_2x2_same.defvjp(_pool_same_fwd, _pool_same_bwd)
+
+
+# The stride-1 pool of a nearest-neighbour 2x upsampled tensor, by output phase (row
+# and column parity): a window at an even row spans one source row, at an odd row two
+# (rows i and i + 1); the same for columns. Offsets in the source, row-major, so the
+# first maximum is the same input as in the upsampled tensor's window.
+PHASE_WINDOWS = {(0, 0): ((0, 0),), (0, 1): ((0, 0), (0, 1)), (1, 0): ((0, 0), (1, 0)),
+                 (1, 1): WINDOW}
+
+
+@jax.custom_vjp
+def max_pool_2x2_same_of_upsampled(x):
+    """``max_pool_2x2_same(upsample_2x(x))`` from ``x``: each output phase is a pool of
+    ``x`` over that phase's window (``PHASE_WINDOWS``), the four interleaved. The
+    upsampled tensor and its shifted copies are never built, and the gradient reaches
+    ``x`` directly instead of through the upsampling's (BENCHMARKS.md)."""
+    n, h, w, c = x.shape
+    rows = [jnp.stack([_pool_over(x, PHASE_WINDOWS[r, s]) for s in (0, 1)], axis=3)
+            for r in (0, 1)]
+    return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, c)
+
+
+def _pool_of_upsampled_fwd(x):
+    return max_pool_2x2_same_of_upsampled(x), x
+
+
+def _pool_of_upsampled_bwd(x, g):
+    n, h, w, c = x.shape
+    g = g.reshape(n, h, 2, w, 2, c)
+    dx = [_route(x, _pool_over(x, offsets), g[:, :, r, :, s], offsets)
+          for (r, s), offsets in PHASE_WINDOWS.items()]
+    return (sum(dx),)
+
+
+max_pool_2x2_same_of_upsampled.defvjp(_pool_of_upsampled_fwd, _pool_of_upsampled_bwd)
+
+
+def max_pool_2x2_same_of(part):
+    """``max_pool_2x2_same`` of a layer input (``models``: one part of a concatenation),
+    an ``upsampling.Upsampled`` one from its small tensor."""
+    if isinstance(part, Upsampled):
+        return max_pool_2x2_same_of_upsampled(part.low)
+    return max_pool_2x2_same(part)

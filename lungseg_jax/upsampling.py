@@ -42,11 +42,6 @@ class Upsampled:
         return (n, 2 * h, 2 * w, c)
 
 
-def full(part):
-    """``part`` as an array: an ``Upsampled`` one built, any other as it is."""
-    return upsample_2x(part.low) if isinstance(part, Upsampled) else part
-
-
 def _phase_taps(w, axis):
     """The 3 taps along ``axis`` of a kernel applied to an upsampled input, as the 2x2
     (phase, offset) taps applied to the small one: output row ``2i`` reads small rows

@@ -70,7 +70,7 @@ def test_whole_model_equals_reference_formulation(name, monkeypatch):
 
     (fast_loss, fast_stats), fast_grad = loss_and_grad()
     monkeypatch.setattr(models, "max_pool_2x2", reference_pool_2x2)
-    monkeypatch.setattr(models, "max_pool_2x2_same", reference_pool_same)
+    monkeypatch.setattr(models, "max_pool_2x2_same_of", reference_pool_same)
     monkeypatch.setattr(models, "Upsampled", reference_upsample)  # built, and convolved
     monkeypatch.setattr(models, "BatchNormLeakyReLU", FlaxBatchNormLeakyReLU)
     (ref_loss, ref_stats), ref_grad = loss_and_grad()

@@ -1,4 +1,5 @@
-"""Pooling: values and gradients against flax's ``nn.max_pool`` and numpy, ties included."""
+"""Pooling: values and gradients against flax's ``nn.max_pool`` and numpy, ties included
+(of an upsampled tensor too, against ``jax.image.resize`` then the pool)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,10 +7,13 @@ import numpy as np
 import pytest
 
 from lungseg_jax import pooling
-from references import reference_pool_2x2, reference_pool_same
+from references import reference_pool_2x2, reference_pool_same, reference_upsample
 
 POOLS = [(pooling.max_pool_2x2, reference_pool_2x2),
-         (pooling.max_pool_2x2_same, reference_pool_same)]
+         (pooling.max_pool_2x2_same, reference_pool_same),
+         # From the small tensor, against the pool of the upsampled one (jax.image.resize).
+         (pooling.max_pool_2x2_same_of_upsampled,
+          lambda x: reference_pool_same(reference_upsample(x)))]
 
 
 def random_input(ties: bool):
