@@ -106,7 +106,7 @@ def _route(x, y, g, offsets):
 
 
 def _pool_same_fwd(x):
-    y = max_pool_2x2_same(x)
+    y = _pool_over(x, WINDOW)
     return y, (x, y)
 
 
@@ -132,6 +132,10 @@ def max_pool_2x2_same_of_upsampled(x):
     ``x`` over that phase's window (``PHASE_WINDOWS``), the four interleaved. The
     upsampled tensor and its shifted copies are never built, and the gradient reaches
     ``x`` directly instead of through the upsampling's (BENCHMARKS.md)."""
+    return _pool_of_upsampled(x)
+
+
+def _pool_of_upsampled(x):
     n, h, w, c = x.shape
     rows = [jnp.stack([_pool_over(x, PHASE_WINDOWS[r, s]) for s in (0, 1)], axis=3)
             for r in (0, 1)]
@@ -139,7 +143,9 @@ def max_pool_2x2_same_of_upsampled(x):
 
 
 def _pool_of_upsampled_fwd(x):
-    return max_pool_2x2_same_of_upsampled(x), x
+    # Keeps only x: the backward pass recomputes the phase maxima (a few comparisons of
+    # the small tensor) rather than holding four of them.
+    return _pool_of_upsampled(x), x
 
 
 def _pool_of_upsampled_bwd(x, g):
