@@ -4,14 +4,14 @@
         [--dtype float32] [--steps 20] [--config configs/default.py --config.x=y]
 
 Prints one JSON line per case and then a table:
-* ``"case": "train_step"``: the host's CPU (speed choices depend on it), time to trace and lower the step (Python; paid on every
-  start), XLA's cold compile time (empty persistent cache), XLA's compile time from the
-  persistent cache (in the same process, after ``jax.clear_caches``), images/s (median
-  step after warm-up, each step timed with ``block_until_ready``), achieved GFLOP/s from
-  the analytical FLOP count (3x the forward convolutions, the peer's convention), XLA's
-  own FLOP and byte counts (the bytes give the achieved memory bandwidth), and memory
-  (XLA's buffer plan, the process' peak resident set, and the accelerator's peak where
-  it reports one).
+* ``"case": "train_step"``: the host's CPU (speed choices depend on it), time to
+  trace and lower the step (Python; paid on every start), XLA's cold compile time
+  (empty persistent cache), XLA's compile time from the persistent cache (in the same
+  process, after ``jax.clear_caches``), images/s (median step after warm-up, each step
+  timed with ``block_until_ready``), achieved GFLOP/s from the analytical FLOP count (3x
+  the forward convolutions, the peer's convention), XLA's own FLOP and byte counts (the
+  bytes give the achieved memory bandwidth), and memory (XLA's buffer plan, the
+  process' peak resident set, and the accelerator's peak where it reports one).
 * ``"case": "input_path"``: images/s of drawing and augmenting batches alone.
 * ``"case": "step_profile"`` (CPU, with ``--profile_runs N``): milliseconds per step spent
   in each model layer's operations, forward and backward, and outside the model
