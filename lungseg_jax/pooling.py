@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lungseg_jax.upsampling import Upsampled
+from lungseg_jax.upsampling import Upsampled, interleave_2x
 
 
 # A window's offsets in row-major order: its first maximum gets the gradient.
@@ -136,10 +136,7 @@ def max_pool_2x2_same_of_upsampled(x):
 
 
 def _pool_of_upsampled(x):
-    n, h, w, c = x.shape
-    rows = [jnp.stack([_pool_over(x, PHASE_WINDOWS[r, s]) for s in (0, 1)], axis=3)
-            for r in (0, 1)]
-    return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, c)
+    return interleave_2x(lambda r, s: _pool_over(x, PHASE_WINDOWS[r, s]))
 
 
 def _pool_of_upsampled_fwd(x):

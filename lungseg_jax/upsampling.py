@@ -42,6 +42,14 @@ class Upsampled:
         return (n, 2 * h, 2 * w, c)
 
 
+def interleave_2x(phase):
+    """The (n, 2h, 2w, c) tensor whose pixel (2i + a, 2j + b) is ``phase(a, b)[:, i, j]``
+    (each phase (n, h, w, c))."""
+    rows = [jnp.stack([phase(a, b) for b in (0, 1)], axis=3) for a in (0, 1)]
+    n, h, w, _, c = rows[0].shape
+    return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, c)
+
+
 def _phase_taps(w, axis):
     """The 3 taps along ``axis`` of a kernel applied to an upsampled input, as the 2x2
     (phase, offset) taps applied to the small one: output row ``2i`` reads small rows
@@ -75,10 +83,8 @@ def _sub_pixel_conv(x, w, precision):
     z = jnp.dot(x.reshape(n * h * wd, -1), _sub_pixel_taps(w), precision=precision)
     z = jnp.pad(z.reshape(n, h, wd, 2, 2, 2, 2, cout), ((0, 0), (1, 1), (1, 1)) + ((0, 0),) * 5)
     # Output (2i + a, 2j + b) reads small pixel (i + a + r - 1, j + b + s - 1), padded +1.
-    rows = [jnp.stack([sum(z[:, a + r:a + r + h, b + s:b + s + wd, a, r, b, s]
-                           for r in (0, 1) for s in (0, 1)) for b in (0, 1)], axis=3)
-            for a in (0, 1)]
-    return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * wd, cout)
+    return interleave_2x(lambda a, b: sum(z[:, a + r:a + r + h, b + s:b + s + wd, a, r, b, s]
+                                          for r in (0, 1) for s in (0, 1)))
 
 
 def _conv3x3_of_upsampled_fwd(x, w, precision):
