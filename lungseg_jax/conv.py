@@ -16,7 +16,9 @@ side (a tiny output dimension is what XLA's CPU dot handles worst). Other backen
 keep XLA's own gradient. The forward pass is XLA's too, except on the CPU at the
 U-Net's two ends, where XLA's convolution is slowest: the first layer's few input
 channels (``conv_as_products``) and the last layer's single output channel
-(``conv_as_tap_product``, gradient included). Same parameters, same outputs; the
+(``conv_as_tap_product``, gradient included), and in the middle, where 3x3
+convolutions of medium-sized images ran at half the CPU's matrix-product speed
+(``winograd.conv3x3``, all three passes). Same parameters, same outputs; the
 gradient agrees to float tolerance (``tests/conv_test.py``). Being a ``custom_vjp``, it
 supports reverse-mode differentiation only (``jax.grad``, not ``jax.jvp``).
 
@@ -34,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lungseg_jax import runtime
+from lungseg_jax import runtime, winograd
 from lungseg_jax.upsampling import Upsampled, conv3x3_of_upsampled, upsample_2x
 
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -140,10 +142,30 @@ def gemm_pays_off(kernel_shape) -> bool:
     return not XLA_WEIGHT_GRAD_IS_FAST and (kh == kw == 1 or cin != cout)
 
 
+# Where XLA:CPU's 3x3 convolution ran at about 100 GFLOP/s and Winograd's transformed
+# tensors (4x the input, 4x the output) still fit the caches: images of at least 32x32,
+# outputs of at most 2**20 elements (the traced, global batch's), channel products of at
+# least 2048 (BENCHMARKS.md, seventh session; measured on a 2-core Zen 4 host).
+WINOGRAD_MIN_PIXELS = 32 * 32
+WINOGRAD_MAX_OUTPUT = 2**20
+WINOGRAD_MIN_CHANNEL_PRODUCT = 2048
+
+
+def winograd_pays_off(x_shape, kernel_shape, dtype=jnp.float32) -> bool:
+    """Where the CPU convolution is ``winograd.conv3x3`` (float32 only: in bfloat16 its
+    transforms would round where the direct convolution accumulates in float32)."""
+    kh, kw, cin, cout = kernel_shape
+    n, h, w = x_shape[:3]
+    return ((kh, kw) == (3, 3) and h % 2 == 0 and w % 2 == 0 and h * w >= WINOGRAD_MIN_PIXELS
+            and n * h * w * cout <= WINOGRAD_MAX_OUTPUT
+            and cin * cout >= WINOGRAD_MIN_CHANNEL_PRODUCT and dtype == jnp.float32)
+
+
 def conv2d_same(x, w, precision=None, gemm_shape=None):
     """Stride-1 convolution, NHWC input, HWIO kernel of odd size, zero 'same' padding.
 
-    On the CPU, ``conv_as_tap_product`` for few output channels; else the forward pass
+    On the CPU, ``conv_as_tap_product`` for few output channels, ``winograd.conv3x3``
+    where ``winograd_pays_off``; else the forward pass
     of ``_conv2d_same`` (``conv_as_products`` for few input channels on the CPU, else
     XLA's), with its weight gradient as matrix products where they pay off.
     ``gemm_shape``: the kernel shape that decides the weight gradient's form (default
@@ -151,6 +173,10 @@ def conv2d_same(x, w, precision=None, gemm_shape=None):
     if tap_product_pays_off(w.shape):
         return lax.platform_dependent(
             x, w, cpu=functools.partial(conv_as_tap_product, precision=precision),
+            default=lambda x, w: _conv2d_same(x, w, precision, gemm_shape))
+    if winograd_pays_off(x.shape, w.shape, x.dtype):
+        return lax.platform_dependent(
+            x, w, cpu=functools.partial(winograd.conv3x3, precision=precision),
             default=lambda x, w: _conv2d_same(x, w, precision, gemm_shape))
     return _conv2d_same(x, w, precision, gemm_shape)
 

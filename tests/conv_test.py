@@ -1,4 +1,5 @@
-"""conv2d_same: XLA's forward, weight gradient as matrix products on the CPU; Conv, the
+"""conv2d_same: XLA's forward, weight gradient as matrix products on the CPU, the CPU's
+forms (broadcast products, one product to all taps, Winograd's F(2x2, 3x3)); Conv, the
 models' layer, on the parts of a concatenation."""
 
 import flax.linen as nn
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from lungseg_jax import conv
+from lungseg_jax import conv, winograd
 
 # Weight gradient (on the CPU): 1x1 one product; no more input than output channels
 # one product per tap; more input channels the taps of g stacked into one product.
@@ -183,3 +184,74 @@ def test_conv_of_parts_equals_conv_of_their_concatenation(kernel_size):
     want = pullback(lambda v, p: layer.apply(v, jnp.concatenate(p, axis=-1)))
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+WINOGRAD_CASES = [  # (batch, height, width, cin, cout): square, oblong, one tile, one output
+    (2, 6, 8, 3, 5), (1, 2, 2, 4, 4), (2, 10, 4, 7, 1), (1, 8, 8, 16, 9)]
+
+
+@pytest.mark.parametrize("n, h, w, cin, cout", WINOGRAD_CASES)
+def test_winograd_matches_numpy_definition(n, h, w, cin, cout):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(n, h, w, cin)).astype(np.float32)
+    k = rng.normal(size=(3, 3, cin, cout)).astype(np.float32)
+    np.testing.assert_allclose(jax.jit(winograd.conv3x3)(x, k), numpy_conv(x, k),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n, h, w, cin, cout", WINOGRAD_CASES)
+def test_winograd_value_and_both_gradients_equal_xla_convolution(n, h, w, cin, cout):
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(n, h, w, cin)).astype(np.float32)
+    k = rng.normal(size=(3, 3, cin, cout)).astype(np.float32)
+    g = rng.normal(size=(n, h, w, cout)).astype(np.float32)
+
+    def pullback(fn):
+        y, vjp = jax.vjp(fn, x, k)
+        return (y, *vjp(g))
+
+    got = jax.jit(lambda: pullback(winograd.conv3x3))()
+    want = jax.jit(lambda: pullback(xla_conv))()
+    for name, a, b in zip(("output", "input grad", "weight grad"), got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max(), err_msg=name)
+
+
+def test_winograd_output_transform_gradient_equals_autodiff():
+    shape = (2, 6, 4, 5)
+    m = jax.random.normal(jax.random.key(5), (16, 2 * 3 * 2, 5))
+    g = jax.random.normal(jax.random.key(6), shape)
+    written = jax.vjp(lambda m: winograd.transform_output(m, shape), m)[1](g)[0]
+    autodiff = jax.vjp(lambda m: winograd._output(m, shape), m)[1](g)[0]
+    np.testing.assert_allclose(written, autodiff, rtol=1e-6, atol=1e-6)
+
+
+def test_winograd_rejects_odd_sizes_by_shape():
+    with pytest.raises(ValueError, match=r"even height and width, got \(1, 5, 4, 2\)"):
+        winograd.conv3x3(jnp.zeros((1, 5, 4, 2)), jnp.zeros((3, 3, 2, 2)))
+
+
+@pytest.mark.parametrize("x_shape, kernel_shape, dtype, chosen", [
+    ((4, 64, 64, 32), (3, 3, 32, 64), jnp.float32, True),  # conv U-Net at 128: level 1
+    ((4, 32, 32, 64), (3, 3, 64, 128), jnp.float32, True),  # level 2
+    ((4, 32, 32, 64), (3, 3, 64, 128), jnp.bfloat16, False),  # float32 only
+    ((4, 64, 64, 32), (3, 3, 32, 32), jnp.float32, False),  # few channels (a skip part)
+    ((4, 16, 16, 128), (3, 3, 128, 256), jnp.float32, False),  # small image
+    ((4, 64, 64, 64), (3, 3, 64, 128), jnp.float32, False),  # large output (at 256)
+    ((4, 33, 32, 64), (3, 3, 64, 128), jnp.float32, False),  # odd height
+    ((4, 32, 32, 64), (5, 5, 64, 128), jnp.float32, False),  # not 3x3
+])
+def test_winograd_form_on_cpu_by_shape(x_shape, kernel_shape, dtype, chosen):
+    assert conv.winograd_pays_off(x_shape, kernel_shape, dtype) == chosen
+
+
+def test_winograd_on_cpu_and_xla_convolution_elsewhere():
+    x, w = jnp.zeros((1, 32, 32, 64)), jnp.zeros((3, 3, 64, 64))
+    assert conv.winograd_pays_off(x.shape, w.shape)
+
+    def train_hlo(platform):
+        def pullback(x, w):
+            return jax.vjp(conv.conv2d_same, x, w)[1](x)
+        return jax.jit(pullback).trace(x, w).lower(lowering_platforms=(platform,)).as_text()
+
+    assert "convolution" not in train_hlo("cpu") and "dot_general" in train_hlo("cpu")
+    assert "convolution" in train_hlo("cuda")

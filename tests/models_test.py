@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lungseg_jax import models, upsampling
+from lungseg_jax import conv, models, upsampling
 from references import (FlaxBatchNormLeakyReLU, reference_pool_2x2, reference_pool_same,
                         reference_upsample)
 
@@ -81,10 +81,14 @@ def test_whole_model_equals_reference_formulation(name, monkeypatch):
                  fast_grad, ref_grad)
 
 
-def small_incp_unet_grads(variables, params, x, y, dtype=jnp.float32):
-    """Training-mode gradients of the small inception U-Net's loss at ``params``,
-    computing in ``dtype``."""
-    model = models.MODELS["incp_unet"](features=(4, 8), dtype=dtype)
+SMALL_INCP_UNET = ("incp_unet", (4, 8))
+
+
+def small_unet_grads(variables, params, x, y, dtype=jnp.float32, unet=SMALL_INCP_UNET):
+    """Training-mode gradients of a small U-Net's loss at ``params``, computing in
+    ``dtype``; ``unet``: (name, features)."""
+    name, features = unet
+    model = models.MODELS[name](features=features, dtype=dtype)
 
     def loss(p):
         logits, _ = model.apply({**variables, "params": p}, x, train=True,
@@ -93,17 +97,27 @@ def small_incp_unet_grads(variables, params, x, y, dtype=jnp.float32):
     return jax.jit(jax.grad(loss))(params)
 
 
-def float32_and_float64_grads(x, y):
-    """Gradients of the small inception U-Net computed in float32 and, from the same
-    parameters, by the same model computing in float64."""
-    variables = models.MODELS["incp_unet"](features=(4, 8)).init(jax.random.key(0), x,
-                                                                  train=False)
-    got = small_incp_unet_grads(variables, variables["params"], x, y)
+def float32_and_float64_grads(x, y, unet=SMALL_INCP_UNET):
+    """Gradients of a small U-Net computed in float32 and, from the same parameters, by
+    the same model computing in float64."""
+    name, features = unet
+    variables = models.MODELS[name](features=features).init(jax.random.key(0), x,
+                                                            train=False)
+    got = small_unet_grads(variables, variables["params"], x, y, unet=unet)
     with jax.enable_x64(True):
         to64 = lambda t: jax.tree.map(lambda a: np.asarray(a, np.float64), t)  # noqa: E731
-        want = small_incp_unet_grads(variables, to64(variables["params"]), to64(x), to64(y),
-                                     jnp.float64)
+        want = small_unet_grads(variables, to64(variables["params"]), to64(x), to64(y),
+                                jnp.float64, unet)
     return got, want
+
+
+def assert_close_per_leaf(got, want, relative):
+    """Every leaf of ``got`` within ``relative`` of the largest value of ``want``'s."""
+    flat_want = dict(jax.tree_util.tree_leaves_with_path(want))
+    for path, g in jax.tree_util.tree_leaves_with_path(got):
+        w = np.asarray(flat_want[path])
+        np.testing.assert_allclose(g, w, atol=relative * np.abs(w).max(),
+                                   err_msg=jax.tree_util.keystr(path))
 
 
 def test_float32_gradients_match_a_float64_reference():
@@ -114,12 +128,19 @@ def test_float32_gradients_match_a_float64_reference():
     rng = np.random.default_rng(0)
     x = (0.1 * rng.random((2, 32, 32, 1))).astype(np.float32)
     y = (rng.random((2, 32, 32, 1)) > 0.5).astype(np.float32)
-    got, want = float32_and_float64_grads(x, y)
-    flat_want = dict(jax.tree_util.tree_leaves_with_path(want))
-    for path, g in jax.tree_util.tree_leaves_with_path(got):
-        name = jax.tree_util.keystr(path)
-        w = np.asarray(flat_want[path])
-        np.testing.assert_allclose(g, w, atol=1e-4 * np.abs(w).max(), err_msg=name)
+    assert_close_per_leaf(*float32_and_float64_grads(x, y), 1e-4)
+
+
+def test_conv_unet_gradients_through_winograd_match_a_float64_reference():
+    # At 64x64, the 3x3 convolutions of the 32x32 level (64->128 channels, and the
+    # decoder's 64->64 skip part) are Winograd's on the CPU in float32; float64 computes
+    # with XLA's convolution.
+    assert conv.winograd_pays_off((2, 32, 32, 64), (3, 3, 64, 128))
+    assert conv.winograd_pays_off((2, 32, 32, 64), (3, 3, 64, 64))
+    rng = np.random.default_rng(1)
+    x = (0.1 * rng.random((2, 64, 64, 1))).astype(np.float32)
+    y = (rng.random((2, 64, 64, 1)) > 0.5).astype(np.float32)
+    assert_close_per_leaf(*float32_and_float64_grads(x, y, ("conv_unet", (16, 32))), 1e-4)
 
 
 def test_exactly_zero_gradients_are_those_of_the_conv_biases_that_feed_batchnorm():
@@ -127,7 +148,7 @@ def test_exactly_zero_gradients_are_those_of_the_conv_biases_that_feed_batchnorm
     y = (jax.random.uniform(jax.random.key(8), (2, 16, 16, 1)) > 0.5).astype(jnp.float32)
     variables = models.MODELS["incp_unet"](features=(4, 8)).init(jax.random.key(0), x,
                                                                   train=False)
-    grads = small_incp_unet_grads(variables, variables["params"], x, y)
+    grads = small_unet_grads(variables, variables["params"], x, y)
     zeroed = [jax.tree_util.keystr(path)
               for path, g in jax.tree_util.tree_leaves_with_path(grads) if np.all(g == 0)]
     # Every block's conv biases (7 convs in each of 4 blocks: 2 levels, bottleneck, 1 up),
