@@ -153,8 +153,11 @@ WINOGRAD_MIN_CHANNEL_PRODUCT = 2048
 
 def winograd_pays_off(x_shape, kernel_shape, dtype=jnp.float32) -> bool:
     """Where the CPU convolution is ``winograd.conv3x3`` (float32 only: in bfloat16 its
-    transforms would round where the direct convolution accumulates in float32)."""
+    transforms would round where the direct convolution accumulates in float32; known
+    sizes only, not an exported model's symbolic batch)."""
     kh, kw, cin, cout = kernel_shape
+    if not all(isinstance(d, int) for d in x_shape[:3]):
+        return False
     n, h, w = x_shape[:3]
     return ((kh, kw) == (3, 3) and h % 2 == 0 and w % 2 == 0 and h * w >= WINOGRAD_MIN_PIXELS
             and n * h * w * cout <= WINOGRAD_MAX_OUTPUT

@@ -239,6 +239,7 @@ def test_winograd_rejects_odd_sizes_by_shape():
     ((4, 64, 64, 64), (3, 3, 64, 128), jnp.float32, False),  # large output (at 256)
     ((4, 33, 32, 64), (3, 3, 64, 128), jnp.float32, False),  # odd height
     ((4, 32, 32, 64), (5, 5, 64, 128), jnp.float32, False),  # not 3x3
+    (jax.export.symbolic_shape("b, 32, 32, 64"), (3, 3, 64, 128), jnp.float32, False),
 ])
 def test_winograd_form_on_cpu_by_shape(x_shape, kernel_shape, dtype, chosen):
     assert conv.winograd_pays_off(x_shape, kernel_shape, dtype) == chosen
