@@ -143,12 +143,15 @@ def gemm_pays_off(kernel_shape) -> bool:
 
 
 # Where XLA:CPU's 3x3 convolution ran at about 100 GFLOP/s and Winograd's transformed
-# tensors (4x the input, 4x the output) still fit the caches: images of at least 32x32,
-# outputs of at most 2**20 elements (the traced, global batch's), channel products of at
-# least 2048 (BENCHMARKS.md, seventh session; measured on a 2-core Zen 4 host).
+# tensors (4x the input, 4x the output) did not cost more than it saved: images of at
+# least 32x32, channel products of at least 2048, inputs of at most 2**21 and outputs of
+# at most 2**22 elements (the traced, global batch's). Measured on a 2-core Zen 4 host
+# (BENCHMARKS.md, seventh session): e.g. 128x128, batch 4, 32->64 channels 56 against
+# 73 ms forward and backward, 64->32 80 against 74 (an input of 2**22).
 WINOGRAD_MIN_PIXELS = 32 * 32
-WINOGRAD_MAX_OUTPUT = 2**20
 WINOGRAD_MIN_CHANNEL_PRODUCT = 2048
+WINOGRAD_MAX_INPUT = 2**21
+WINOGRAD_MAX_OUTPUT = 2**22
 
 
 def winograd_pays_off(x_shape, kernel_shape, dtype=jnp.float32) -> bool:
@@ -160,8 +163,9 @@ def winograd_pays_off(x_shape, kernel_shape, dtype=jnp.float32) -> bool:
         return False
     n, h, w = x_shape[:3]
     return ((kh, kw) == (3, 3) and h % 2 == 0 and w % 2 == 0 and h * w >= WINOGRAD_MIN_PIXELS
-            and n * h * w * cout <= WINOGRAD_MAX_OUTPUT
-            and cin * cout >= WINOGRAD_MIN_CHANNEL_PRODUCT and dtype == jnp.float32)
+            and cin * cout >= WINOGRAD_MIN_CHANNEL_PRODUCT
+            and n * h * w * cin <= WINOGRAD_MAX_INPUT and n * h * w * cout <= WINOGRAD_MAX_OUTPUT
+            and dtype == jnp.float32)
 
 
 def conv2d_same(x, w, precision=None, gemm_shape=None):
