@@ -145,13 +145,15 @@ def gemm_pays_off(kernel_shape) -> bool:
 # Where XLA:CPU's 3x3 convolution ran at about 100 GFLOP/s and Winograd's transformed
 # tensors (4x the input, 4x the output) did not cost more than it saved: images of at
 # least 32x32, channel products of at least 2048, inputs of at most 2**21 and outputs of
-# at most 2**22 elements (the traced, global batch's). Measured on a 2-core Zen 4 host
-# (BENCHMARKS.md, seventh session): e.g. 128x128, batch 4, 32->64 channels 56 against
-# 73 ms forward and backward, 64->32 80 against 74 (an input of 2**22).
+# at most 2**20 elements (the traced, global batch's). Measured on a 2-core Zen 4 host
+# (BENCHMARKS.md, seventh session). Larger layers gained less (128x128, batch 4, 32->64
+# channels: 56 against 73 ms forward and backward; 64->32: 80 against 74, an input of
+# 2**22); outputs up to 2**22 sped the conv U-Net's step at 256 by 1.013x only, and added
+# 240 MB to its peak memory at 512.
 WINOGRAD_MIN_PIXELS = 32 * 32
 WINOGRAD_MIN_CHANNEL_PRODUCT = 2048
 WINOGRAD_MAX_INPUT = 2**21
-WINOGRAD_MAX_OUTPUT = 2**22
+WINOGRAD_MAX_OUTPUT = 2**20
 
 
 def winograd_pays_off(x_shape, kernel_shape, dtype=jnp.float32) -> bool:

@@ -236,9 +236,8 @@ def test_winograd_rejects_odd_sizes_by_shape():
     ((4, 32, 32, 64), (3, 3, 64, 128), jnp.bfloat16, False),  # float32 only
     ((4, 64, 64, 32), (3, 3, 32, 32), jnp.float32, False),  # few channels (a skip part)
     ((4, 16, 16, 128), (3, 3, 128, 256), jnp.float32, False),  # small image
-    ((4, 128, 128, 32), (3, 3, 32, 64), jnp.float32, True),  # level 1 at 256
-    ((4, 128, 128, 64), (3, 3, 64, 32), jnp.float32, False),  # large input
-    ((4, 256, 256, 32), (3, 3, 32, 64), jnp.float32, False),  # large output (at 512)
+    ((4, 64, 64, 64), (3, 3, 64, 128), jnp.float32, False),  # large output (at 256)
+    ((4, 64, 64, 256), (3, 3, 256, 32), jnp.float32, False),  # large input
     ((4, 33, 32, 64), (3, 3, 64, 128), jnp.float32, False),  # odd height
     ((4, 32, 32, 64), (5, 5, 64, 128), jnp.float32, False),  # not 3x3
     (jax.export.symbolic_shape("b, 32, 32, 64"), (3, 3, 64, 128), jnp.float32, False),
