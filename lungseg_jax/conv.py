@@ -150,6 +150,10 @@ def gemm_pays_off(kernel_shape) -> bool:
 # channels: 56 against 73 ms forward and backward; 64->32: 80 against 74, an input of
 # 2**22); outputs up to 2**22 sped the conv U-Net's step at 256 by 1.013x only, and added
 # 240 MB to its peak memory at 512.
+# The rule was measured on an AVX-512 host only; AVX2 hosts, whose XLA convolutions and
+# products compare differently (see XLA_WEIGHT_GRAD_IS_FAST), keep their forms until
+# measured there.
+WINOGRAD_ON_THIS_CPU = runtime.host_cpu().get("avx512", False)
 WINOGRAD_MIN_PIXELS = 32 * 32
 WINOGRAD_MIN_CHANNEL_PRODUCT = 2048
 WINOGRAD_MAX_INPUT = 2**21
@@ -157,11 +161,12 @@ WINOGRAD_MAX_OUTPUT = 2**20
 
 
 def winograd_pays_off(x_shape, kernel_shape, dtype=jnp.float32) -> bool:
-    """Where the CPU convolution is ``winograd.conv3x3`` (float32 only: in bfloat16 its
-    transforms would round where the direct convolution accumulates in float32; known
-    sizes only, not an exported model's symbolic batch)."""
+    """Where the CPU convolution is ``winograd.conv3x3``: on AVX-512 hosts, in float32
+    only (in bfloat16 its transforms would round where the direct convolution
+    accumulates in float32), for known sizes only (not an exported model's symbolic
+    batch)."""
     kh, kw, cin, cout = kernel_shape
-    if not all(isinstance(d, int) for d in x_shape[:3]):
+    if not WINOGRAD_ON_THIS_CPU or not all(isinstance(d, int) for d in x_shape[:3]):
         return False
     n, h, w = x_shape[:3]
     return ((kh, kw) == (3, 3) and h % 2 == 0 and w % 2 == 0 and h * w >= WINOGRAD_MIN_PIXELS

@@ -230,6 +230,17 @@ def test_winograd_rejects_odd_sizes_by_shape():
         winograd.conv3x3(jnp.zeros((1, 5, 4, 2)), jnp.zeros((3, 3, 2, 2)))
 
 
+@pytest.fixture
+def winograd_host(monkeypatch):
+    """A host where the CPU uses Winograd's form (one with AVX-512), whatever this one is."""
+    monkeypatch.setattr(conv, "WINOGRAD_ON_THIS_CPU", True)
+
+
+def test_no_winograd_on_other_hosts(monkeypatch):
+    monkeypatch.setattr(conv, "WINOGRAD_ON_THIS_CPU", False)
+    assert not conv.winograd_pays_off((4, 32, 32, 64), (3, 3, 64, 128))
+
+
 @pytest.mark.parametrize("x_shape, kernel_shape, dtype, chosen", [
     ((4, 64, 64, 32), (3, 3, 32, 64), jnp.float32, True),  # conv U-Net at 128: level 1
     ((4, 32, 32, 64), (3, 3, 64, 128), jnp.float32, True),  # level 2
@@ -242,11 +253,11 @@ def test_winograd_rejects_odd_sizes_by_shape():
     ((4, 32, 32, 64), (5, 5, 64, 128), jnp.float32, False),  # not 3x3
     (jax.export.symbolic_shape("b, 32, 32, 64"), (3, 3, 64, 128), jnp.float32, False),
 ])
-def test_winograd_form_on_cpu_by_shape(x_shape, kernel_shape, dtype, chosen):
+def test_winograd_form_on_cpu_by_shape(x_shape, kernel_shape, dtype, chosen, winograd_host):
     assert conv.winograd_pays_off(x_shape, kernel_shape, dtype) == chosen
 
 
-def test_winograd_on_cpu_and_xla_convolution_elsewhere():
+def test_winograd_on_cpu_and_xla_convolution_elsewhere(winograd_host):
     x, w = jnp.zeros((1, 32, 32, 64)), jnp.zeros((3, 3, 64, 64))
     assert conv.winograd_pays_off(x.shape, w.shape)
 
