@@ -74,17 +74,20 @@ def host_without_avx512(monkeypatch):
     monkeypatch.setattr(conv, "XLA_WEIGHT_GRAD_IS_FAST", False)
 
 
+def against_xla_convolution(fn, x, w, g):
+    """(name, fn's, XLA convolution's) for the output and both gradients at cotangent g."""
+    def pullback(f):
+        y, vjp = jax.vjp(f, x, w)
+        return (y, *vjp(g))
+
+    got, want = jax.jit(lambda: pullback(fn))(), jax.jit(lambda: pullback(xla_conv))()
+    return zip(("output", "input grad", "weight grad"), got, want)
+
+
 @pytest.mark.parametrize("kernel_shape", KERNEL_SHAPES)
 def test_value_and_both_gradients_equal_xla_convolution(kernel_shape, host_avx512):
     x, w, g = random_case(kernel_shape, seed=1)
-
-    def pullback(fn):
-        y, vjp = jax.vjp(fn, x, w)
-        return (y, *vjp(g))
-
-    got = jax.jit(lambda: pullback(conv.conv2d_same))()
-    want = jax.jit(lambda: pullback(xla_conv))()
-    for name, a, b in zip(("output", "input grad", "weight grad"), got, want):
+    for name, a, b in against_xla_convolution(conv.conv2d_same, x, w, g):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
@@ -205,14 +208,7 @@ def test_winograd_value_and_both_gradients_equal_xla_convolution(n, h, w, cin, c
     x = rng.normal(size=(n, h, w, cin)).astype(np.float32)
     k = rng.normal(size=(3, 3, cin, cout)).astype(np.float32)
     g = rng.normal(size=(n, h, w, cout)).astype(np.float32)
-
-    def pullback(fn):
-        y, vjp = jax.vjp(fn, x, k)
-        return (y, *vjp(g))
-
-    got = jax.jit(lambda: pullback(winograd.conv3x3))()
-    want = jax.jit(lambda: pullback(xla_conv))()
-    for name, a, b in zip(("output", "input grad", "weight grad"), got, want):
+    for name, a, b in against_xla_convolution(winograd.conv3x3, x, k, g):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max(), err_msg=name)
 
 
