@@ -1,4 +1,4 @@
-"""'Same' stride-1 convolution whose weight gradient runs as matrix products on the CPU.
+"""'Same' stride-1 convolution, in forms of its own where XLA:CPU's are slow.
 
 XLA's CPU backend computes a convolution's weight gradient as another convolution
 whose "kernel" is the whole image, and that path is slow: for the conv U-Net at
@@ -178,9 +178,9 @@ def winograd_pays_off(x_shape, kernel_shape, dtype=jnp.float32) -> bool:
 def conv2d_same(x, w, precision=None, gemm_shape=None):
     """Stride-1 convolution, NHWC input, HWIO kernel of odd size, zero 'same' padding.
 
-    On the CPU, ``conv_as_tap_product`` for few output channels, ``winograd.conv3x3``
-    where ``winograd_pays_off``; else the forward pass
-    of ``_conv2d_same`` (``conv_as_products`` for few input channels on the CPU, else
+    On the CPU, ``conv_as_tap_product`` for few output channels and
+    ``winograd.conv3x3`` where ``winograd_pays_off``; else the forward pass of
+    ``_conv2d_same`` (``conv_as_products`` for few input channels on the CPU, else
     XLA's), with its weight gradient as matrix products where they pay off.
     ``gemm_shape``: the kernel shape that decides the weight gradient's form (default
     ``w``'s; a slice of a larger kernel passes the whole one's, see ``Conv``)."""

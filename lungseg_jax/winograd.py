@@ -10,10 +10,10 @@ so the convolution becomes 16 independent matrix products, one per tile position
 FLOPs, paid for with the tile transforms' memory traffic (the transformed input is 4x
 the input). The transforms' coefficients are 0, +-1 and 1/2: against a float64 direct
 convolution, its float32 error was 2.5e-7 to 4.7e-7 of the largest output (32x32, 32->64
-and 128->256 channels), XLA's own convolution's 5.8e-7 to 6.3e-7. The gradients are autodiff's (the
-transposed transforms around two more batched products), except the output
-transform's, written as one product (autodiff's transpose of its slicing added 16
-padded copies).
+and 128->256 channels), XLA's own convolution's 5.8e-7 to 6.3e-7. The gradients are
+autodiff's (the transposed transforms around two more batched products), except the
+output transform's, written as one product (autodiff's transpose of its slicing added
+16 padded copies).
 
 Needs even height and width. ``conv.winograd_pays_off`` decides where it is used.
 """
@@ -38,7 +38,7 @@ def _combine(coefficients, terms):
     for c, term in zip(coefficients, terms):
         if c == 0:
             continue
-        scaled = term if c == 1 else -term if c == -1 else term * c
+        scaled = term if c == 1 else -term if c == -1 else term * float(c)
         out = scaled if out is None else out + scaled
     return out
 
@@ -87,8 +87,8 @@ def _transform_output_fwd(m, shape):
 
 def _transform_output_bwd(shape, _, g):
     # dm[ab] = sum over phases ij of A_T[i, a] A_T[j, b] g_ij: one product with a 16x4
-    # matrix reads each phase of g once (sums of the phases per output, as the forward
-    # pass has them, read g 36 times over: 1.8x slower at 64x64x128).
+    # matrix reads each phase of g once; sums of phases per position, as the forward
+    # pass has them, read 36 phases for 16 positions (1.8x slower at 64x64x128).
     n, h, w, cout = shape
     blocks = g.reshape(n, h // 2, 2, w // 2, 2, cout)
     phases = jnp.stack([blocks[:, :, i, :, j] for i in range(2) for j in range(2)])
