@@ -130,7 +130,8 @@ def weight_grad_gemm(x, g, kernel_shape, precision=None, gemm_shape=None):
 # ``weight_grad_gemm``), the faster of the two on a 2-core Zen 4 host (AVX-512), where
 # the whole train step ran 1.10x (conv U-Net, 256x256) and 1.00-1.04x (other cases)
 # faster with it than with the matrix products (BENCHMARKS.md).
-XLA_WEIGHT_GRAD_IS_FAST = runtime.host_cpu().get("avx512", False)
+HOST_HAS_AVX512 = runtime.host_cpu().get("avx512", False)
+XLA_WEIGHT_GRAD_IS_FAST = HOST_HAS_AVX512
 
 
 def gemm_pays_off(kernel_shape) -> bool:
@@ -153,7 +154,7 @@ def gemm_pays_off(kernel_shape) -> bool:
 # The rule was measured on an AVX-512 host only; AVX2 hosts, whose XLA convolutions and
 # products compare differently (see XLA_WEIGHT_GRAD_IS_FAST), keep their forms until
 # measured there.
-WINOGRAD_ON_THIS_CPU = runtime.host_cpu().get("avx512", False)
+WINOGRAD_ON_THIS_CPU = HOST_HAS_AVX512
 WINOGRAD_MIN_PIXELS = 32 * 32
 WINOGRAD_MIN_CHANNEL_PRODUCT = 2048
 WINOGRAD_MAX_INPUT = 2**21

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from lungseg_jax.upsampling import interleave_2x
+
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
@@ -71,8 +73,7 @@ def _output(m, shape):
     m = m.reshape(4, 4, n, h // 2, w // 2, cout)
     halves = [[_combine(A_T[i], [m[a, b] for a in range(4)]) for b in range(4)]
               for i in range(2)]
-    rows = [jnp.stack([_combine(A_T[j], half) for j in range(2)], axis=3) for half in halves]
-    return jnp.stack(rows, axis=2).reshape(shape)
+    return interleave_2x(lambda i, j: _combine(A_T[j], halves[i]))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
