@@ -13,7 +13,10 @@ Prints one JSON line per case and then a table:
   bytes give the achieved memory bandwidth), and memory (XLA's buffer plan, the
   process' peak resident set, and the accelerator's peak where it reports one).
 * ``"case": "input_path"``: images/s of drawing and augmenting batches alone
-  (``INPUT_BATCHES_PER_CALL`` per jitted call, each reduced to a checksum).
+  (``INPUT_BATCHES_PER_CALL`` per jitted call, each written out and reduced to a
+  checksum), and the ratio to the train step's consumption.
+
+``--config.x=y`` sets any other config field; ``FLAG_OWNED_FIELDS`` are bench's flags'.
 * ``"case": "step_profile"`` (CPU, with ``--profile_runs N``): milliseconds per step spent
   in each model layer's operations, forward and backward, and outside the model
   (``lungseg_jax.op_profile``; layers overlap, so they sum to more than the step).
@@ -23,6 +26,7 @@ import json
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 
@@ -32,14 +36,19 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from lungseg_jax import augment, models, op_profile, runtime, trainer
+from lungseg_jax import augment, models, op_profile, runtime, trainer, validation
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "default.py")
 # The input path is timed over this many consecutive batches per jitted call: the train
 # step holds it, so it pays no dispatch of its own, and one call per batch timed the call
-# (0.17 ms for an empty one on an H200, a third of the path's 0.6 ms at 512x512).
+# too (0.165 ms for an empty one on an H200, about a quarter of the path's 0.62 ms at
+# 512x512).
 INPUT_BATCHES_PER_CALL = 8
+# Config fields that bench's own flags set (``--config.<field>`` may not set them).
+FLAG_OWNED_FIELDS = {"model.name": "model", "model.dtype": "dtype",
+                     "data.image_size": "image_size", "data.channels": "channels",
+                     "batch_size": "batch_size"}
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Base training config.",
                                 lock_config=True)
@@ -48,9 +57,10 @@ flags.DEFINE_integer("image_size", 128, "Square image size.")
 flags.DEFINE_integer("batch_size", 4, "Global batch size.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_integer("channels", 3, "Input channels (3 as the peer benchmark).")
-flags.DEFINE_integer("steps", 20, "Timed steps.")
-flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
-flags.DEFINE_integer("num_images", 32, "Resident training images to draw batches from.")
+flags.DEFINE_integer("steps", 20, "Timed steps.", lower_bound=1)
+flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.", lower_bound=0)
+flags.DEFINE_integer("num_images", 32, "Resident training images to draw batches from "
+                     "(at least --batch_size).", lower_bound=1)
 flags.DEFINE_integer("profile_runs", 0, "Steps to profile per layer (CPU only; 0: none).")
 flags.DEFINE_integer("profile_depth", 1, "Module levels in a profiled layer's name "
                      "(1: ConvBlock_3; 2: ConvBlock_3/ConvBNAct_0).")
@@ -85,7 +95,14 @@ def forward_conv_flops(model: models.UNet, image_size: int, channels: int) -> in
                    for s, convs in plan for k, cin, cout in convs)
 
 
+def owned_field_overrides(argv) -> list:
+    """The ``--config.<field>`` arguments in ``argv`` that set a ``FLAG_OWNED_FIELDS`` field."""
+    return [arg for arg in argv for field in FLAG_OWNED_FIELDS
+            if arg.split("=", 1)[0] == f"--config.{field}"]
+
+
 def bench_config():
+    """``--config`` with the fields of ``FLAG_OWNED_FIELDS`` set from bench's own flags."""
     config = FLAGS.config.copy_and_resolve_references()
     with config.unlocked():
         config.model.name = FLAGS.model
@@ -124,10 +141,15 @@ def run_benchmark(config, steps: int, warmup: int, num_images: int, profile_runs
                   profile_depth: int = 1) -> list:
     """The cases' result dicts (see module docstring)."""
     platform = jax.devices()[0].platform
+    mesh = trainer.create_mesh()
+    validation.check_config(config)
+    validation.check_mesh(config, mesh.size)
+    if num_images < config.batch_size:
+        raise ValueError(f"num_images={num_images}: fewer resident images than one batch "
+                         f"(batch_size={config.batch_size})")
     if profile_runs and platform != "cpu":
         raise ValueError(f"profile_runs={profile_runs}: the per-layer profile is CPU-only, "
                          f"not {platform} (use jax.profiler and TensorBoard there)")
-    mesh = trainer.create_mesh()
     rng = np.random.default_rng(0)
     size, channels, batch = config.data.image_size, config.data.channels, config.batch_size
     images = rng.random((num_images, size, size, channels), dtype=np.float32)
@@ -175,22 +197,30 @@ def run_benchmark(config, steps: int, warmup: int, num_images: int, profile_runs
 
     aug_key = trainer.rng_streams(config.seed)[2]
 
-    def one_batch(step):
-        drawn = trainer.draw_batch(data, step, seed=config.seed, batch_size=batch,
-                                   steps_per_epoch=steps_per_epoch)
-        images, masks = augment.augment(jax.random.fold_in(aug_key, step), *drawn,
+    def one_batch(data, step):
+        """The step's draw and augmentation (its sharding too), the batch written out
+        (the barrier: a checksum alone let XLA fuse the mask's thresholding into the
+        sum), reduced to a checksum."""
+        images, masks = trainer.draw_batch(data, step, seed=config.seed, batch_size=batch,
+                                           steps_per_epoch=steps_per_epoch)
+        images = jax.lax.with_sharding_constraint(images, trainer.batch_sharded(mesh))
+        masks = jax.lax.with_sharding_constraint(masks, trainer.batch_sharded(mesh))
+        images, masks = augment.augment(jax.random.fold_in(aug_key, step), images, masks,
                                         config.augment)
+        images, masks = jax.lax.optimization_barrier((images, masks))
         return images.sum() + masks.sum()
 
     @jax.jit
-    def input_path(first_step):
-        return jax.lax.map(one_batch, first_step + jnp.arange(INPUT_BATCHES_PER_CALL))
+    def input_path(data, first_step):
+        steps = first_step + jnp.arange(INPUT_BATCHES_PER_CALL)
+        return jax.lax.map(lambda step: one_batch(data, step), steps)
 
     counter = iter(range(0, 10**9, INPUT_BATCHES_PER_CALL))
-    input_s = median_seconds(lambda: jax.block_until_ready(input_path(next(counter))),
+    input_s = median_seconds(lambda: jax.block_until_ready(input_path(data, next(counter))),
                              steps, warmup + 1) / INPUT_BATCHES_PER_CALL
     inputs = {"case": "input_path", **common, "images_per_sec": round(batch / input_s, 1),
-              "ratio_to_train_step": round(step_s / input_s, 1)}
+              "ratio_to_train_step": round(step_s / input_s, 1),
+              "batches_per_call": INPUT_BATCHES_PER_CALL}
     if not profile_runs:
         return [train, inputs]
     layers = op_profile.layer_times(compiled, one_step, profile_runs, profile_depth)
@@ -239,6 +269,11 @@ def format_table(results: list) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    overrides = owned_field_overrides(sys.argv)
+    if overrides:
+        raise app.UsageError(
+            f"{overrides[0]}: set by bench's own flags; use "
+            f"--{FLAG_OWNED_FIELDS[overrides[0].split('=', 1)[0][len('--config.'):]]}")
     runtime.reexec_with_huge_pages()
     with tempfile.TemporaryDirectory() as cache_dir:
         runtime.setup_jax(cache_dir)  # empty cache: the first compile is a cold one

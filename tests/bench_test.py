@@ -39,6 +39,13 @@ def test_tiny_benchmark_reports_every_case(tiny_config):
     assert all(layer["ms"] >= 0 for layer in profile["layers"])
     assert "per layer" in bench.format_table([train, inputs, profile])
     assert train["images_per_sec"] > 0 and inputs["images_per_sec"] > 0
+    # Figures that follow from one another, to their rounding.
+    batch = tiny_config.batch_size
+    assert train["images_per_sec"] == pytest.approx(1e3 * batch / train["step_ms_median"],
+                                                    rel=1e-2)
+    assert inputs["ratio_to_train_step"] == pytest.approx(
+        inputs["images_per_sec"] / train["images_per_sec"], rel=5e-2, abs=0.1)
+    assert inputs["batches_per_call"] == bench.INPUT_BATCHES_PER_CALL
     assert train["compile_cold_s"] > 0 and train["compile_cached_s"] > 0
     assert train["trace_lower_s"] > 0
     assert train["achieved_gflop_per_s"] > 0 and train["xla_gflop_per_step"] > 0
@@ -54,3 +61,15 @@ def test_host_line_names_the_cpu_or_says_it_is_not_reported():
     assert bench.describe_cpu(cpu).startswith("AMD EPYC (family 25, model 17), AVX-512, ")
     assert "no AVX-512" in bench.describe_cpu({**cpu, "avx512": False})
     assert bench.describe_cpu({}).startswith("CPU not reported, ")
+
+
+def test_too_few_resident_images_for_a_batch_is_an_error_naming_the_flag(tiny_config):
+    with pytest.raises(ValueError, match="num_images=2"):
+        bench.run_benchmark(tiny_config, steps=1, warmup=0, num_images=2)
+
+
+def test_config_overrides_of_the_fields_bench_flags_own_are_found():
+    argv = ["bench", "--config.batch_size=8", "--config.seed=3", "--config.model.dtype",
+            "--image_size=64"]
+    assert bench.owned_field_overrides(argv) == ["--config.batch_size=8",
+                                                 "--config.model.dtype"]
