@@ -111,10 +111,10 @@ def _read_tiff(path: str) -> np.ndarray:
     return array
 
 
-def read_folder(path: str) -> Slices:
-    """Reads and checks ``path/2d_images/*.tif`` with ``path/2d_masks/*.tif`` (same names).
+def paired_tiff_names(path: str) -> tuple[dict, dict]:
+    """``({name: image file}, {name: mask file})`` of ``path``'s slices, the same names.
 
-    Raises FileNotFoundError/ValueError naming the folder, file or value at fault.
+    Raises FileNotFoundError/ValueError naming the folder, or the files without a partner.
     """
     images = _tiff_names(os.path.join(path, IMAGE_DIR))
     masks = _tiff_names(os.path.join(path, MASK_DIR))
@@ -125,6 +125,15 @@ def read_folder(path: str) -> Slices:
         if missing:
             raise ValueError(f"{len(missing)} {have} in {path!r} have no partner in {where}/: "
                              f"{sorted(missing)[:5]}")
+    return images, masks
+
+
+def read_folder(path: str) -> Slices:
+    """Reads and checks ``path/2d_images/*.tif`` with ``path/2d_masks/*.tif`` (same names).
+
+    Raises FileNotFoundError/ValueError naming the folder, file or value at fault.
+    """
+    images, masks = paired_tiff_names(path)
     slices = Slices([], [], [])
     for name in sorted(images):
         image, mask = _read_tiff(images[name]), _read_tiff(masks[name])
@@ -220,17 +229,25 @@ def split_folder(source: str, output: str, test_fraction: float, seed: int) -> d
     """Splits a dataset folder into ``output/train`` and ``output/test`` of symbolic links.
 
     Deterministic in ``seed``; nothing is copied. Returns {'train': n, 'test': n}.
+    Refuses a ``test_fraction`` outside (0, 1), a split that leaves either part empty, and
+    an ``output`` that already holds a split (another split's links would mix in).
     """
-    images = _tiff_names(os.path.join(source, IMAGE_DIR))
-    masks = _tiff_names(os.path.join(source, MASK_DIR))
-    names = sorted(set(images) & set(masks))
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction={test_fraction}: expected a fraction between 0 and 1")
+    images, masks = paired_tiff_names(source)
+    names = sorted(images)
     train_idx, test_idx = split_indices(len(names), test_fraction, seed)
+    if len(train_idx) == 0 or len(test_idx) == 0:
+        raise ValueError(f"{len(names)} slices with test_fraction={test_fraction} leave an "
+                         "empty train or test set")
+    for part in ("train", "test"):
+        if os.path.exists(os.path.join(output, part)):
+            raise FileExistsError(f"{os.path.join(output, part)!r} exists: remove it or "
+                                  "choose another output folder")
     for part, indices in (("train", train_idx), ("test", test_idx)):
         for sub, files in ((IMAGE_DIR, images), (MASK_DIR, masks)):
-            os.makedirs(os.path.join(output, part, sub), exist_ok=True)
+            os.makedirs(os.path.join(output, part, sub))
             for i in indices:
                 target = os.path.abspath(files[names[i]])
-                link = os.path.join(output, part, sub, os.path.basename(target))
-                if not os.path.lexists(link):
-                    os.symlink(target, link)
+                os.symlink(target, os.path.join(output, part, sub, os.path.basename(target)))
     return {"train": len(train_idx), "test": len(test_idx)}

@@ -57,12 +57,6 @@ class FindingLungsInCt(tfds.core.GeneratorBasedBuilder):
             yield name, {"name": name, "image": stored, "mask": mask}
 
 
-def folder_names(path: str) -> list:
-    """Sorted slice names in ``path/2d_images``."""
-    return sorted(os.path.splitext(f)[0] for f in os.listdir(os.path.join(path, data.IMAGE_DIR))
-                  if f.lower().endswith(data.TIFF_SUFFIXES))
-
-
 def load_slices(manual_dir: str, data_dir: str = "") -> data.Slices:
     """Every example, building the dataset from ``manual_dir`` into ``data_dir`` first if needed.
 
@@ -77,7 +71,7 @@ def load_slices(manual_dir: str, data_dir: str = "") -> data.Slices:
     examples = [source[i] for i in range(len(source))]
     names = [e["name"].decode() for e in examples]
     has_folder = os.path.isdir(os.path.join(manual_dir, data.IMAGE_DIR))
-    if has_folder and names != folder_names(manual_dir):
+    if has_folder and names != sorted(data.paired_tiff_names(manual_dir)[0]):
         raise ValueError(f"the {NAME} build in {data_dir or 'the default TFDS data_dir'!r} holds "
                          f"other slices than {manual_dir!r}; delete its {NAME}/ folder to rebuild, "
                          "or set config.data.tfds_data_dir to a new folder")

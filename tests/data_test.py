@@ -20,7 +20,9 @@ def test_phantoms_are_deterministic_and_ct_like():
     assert image.dtype == np.int16 and set(np.unique(mask)) <= {0, 1}
     assert 0.02 < mask.mean() < 0.6
     assert np.median(image[mask]) < -600  # aerated lung
-    assert np.median(image[~mask]) < np.median(image[mask]) or np.any(image[~mask] > 0)
+    body = image > -500  # tissue and bone: neither air nor lung
+    assert np.median(image[~mask & body]) > np.median(image[mask]) + 500
+    assert image[~mask].max() > 500  # the vertebra
     assert image[0, 0] < -900  # air outside the body
 
 
@@ -136,3 +138,25 @@ def test_split_folder_links_a_disjoint_test_set(tmp_path):
     test = data.read_folder(str(tmp_path / "split" / "test"))
     assert len(train) == 8 and len(test) == 2 and not set(train.names) & set(test.names)
     assert os.path.islink(tmp_path / "split" / "test" / "2d_images" / (test.names[0] + ".tif"))
+
+
+def test_split_folder_refuses_an_existing_split_and_bad_fractions(tmp_path):
+    source, split = tmp_path / "source", tmp_path / "split"
+    data.write_folder(str(source), data.synthetic_slices(10, 32, seed=0))
+    data.split_folder(str(source), str(split), 0.2, seed=0)
+    with pytest.raises(FileExistsError, match="split/train"):  # another seed would mix in
+        data.split_folder(str(source), str(split), 0.2, seed=1)
+    for fraction in (-0.1, 0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match=f"test_fraction={fraction}"):
+            data.split_folder(str(source), str(tmp_path / "other"), fraction, seed=0)
+    with pytest.raises(ValueError, match="empty train or test"):
+        data.split_folder(str(source), str(tmp_path / "other"), 0.01, seed=0)
+    assert not (tmp_path / "other").exists()
+
+
+def test_split_folder_refuses_unpaired_files(tmp_path):
+    source = tmp_path / "source"
+    data.write_folder(str(source), data.synthetic_slices(4, 32, seed=0))
+    os.remove(source / "2d_masks" / "phantom_0002.tif")
+    with pytest.raises(ValueError, match="phantom_0002"):
+        data.split_folder(str(source), str(tmp_path / "split"), 0.25, seed=0)
