@@ -15,7 +15,7 @@ import os
 
 from absl import app, flags
 
-from lungseg_jax import evaluation, rundir, runtime
+from lungseg_jax import evaluation, rundir, runtime, validation
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json and checkpoints/).")
@@ -23,8 +23,9 @@ flags.DEFINE_string("data_dir", None, "Folder with 2d_images/ and 2d_masks/.")
 flags.DEFINE_string("output", None, "Where to write the metrics JSON (the report goes next "
                     "to it).")
 flags.DEFINE_float("threshold", 0.5, "Probability threshold for a lung pixel.")
-flags.DEFINE_integer("batch_size", 8, "Images per prediction batch.")
-flags.DEFINE_integer("ensemble_last", 0, "Ensemble the last M snapshots (0: all).")
+flags.DEFINE_integer("batch_size", 8, "Images per prediction batch.", lower_bound=1)
+flags.DEFINE_integer("ensemble_last", 0, "Ensemble the last M snapshots (0: all).",
+                     lower_bound=0)
 flags.DEFINE_bool("tta", False, "Horizontal-flip test-time augmentation for final, snapshots "
                   "and ensemble (the 'variants' key holds both either way).")
 flags.DEFINE_bool("postprocess", False, "Keep the two largest connected components (the "
@@ -32,6 +33,8 @@ flags.DEFINE_bool("postprocess", False, "Keep the two largest connected componen
 flags.DEFINE_bool("select_on_validation", True, "Also score every variant on the training "
                   "run's validation split (needs its data, config.data) and report its winner.")
 flags.mark_flags_as_required(["workdir", "data_dir", "output"])
+flags.register_validator("threshold", validation.is_probability_threshold,
+                         message=validation.THRESHOLD_RULE)
 
 
 def main(argv):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from etils import epath
 
-from lungseg_jax import exported, rundir, runtime, trainer
+from lungseg_jax import exported, rundir, runtime, trainer, validation
 
 PLATFORMS = ("cpu", "cuda")
 
@@ -97,6 +97,8 @@ def define_flags():
     flags.DEFINE_float("threshold", 0.5, "Probability threshold recorded for a lung pixel.")
     flags.DEFINE_list("platforms", list(PLATFORMS), "Platforms the artifacts are lowered for.")
     flags.mark_flags_as_required(["workdir", "output"])
+    flags.register_validator("threshold", validation.is_probability_threshold,
+                             message=validation.THRESHOLD_RULE)
 
 
 def main(argv):

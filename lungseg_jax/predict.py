@@ -25,7 +25,7 @@ import numpy as np
 import tifffile
 from absl import app, flags
 
-from lungseg_jax import data, exported, progress, runtime
+from lungseg_jax import data, exported, progress, runtime, validation
 
 SLICE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
@@ -85,6 +85,12 @@ def read_scan(path: str, hu_window: tuple, spacing_mm: float | None = None) -> S
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file")
     given = (spacing_mm, spacing_mm) if spacing_mm else None
+    if suffix in VOLUME_SUFFIXES:
+        try:
+            import nibabel  # optional dependency
+        except ImportError as e:
+            raise ImportError(f"{path}: reading NIfTI volumes needs nibabel: "
+                              'pip install -e ".[nifti]"') from e
     try:
         if suffix in (".tif", ".tiff"):
             with tifffile.TiffFile(path) as tif:
@@ -104,7 +110,6 @@ def read_scan(path: str, hu_window: tuple, spacing_mm: float | None = None) -> S
             image = _slice_2d(image, path)
             return Scan((image / np.iinfo(image.dtype).max).astype(np.float32)[None], suffix,
                         given)
-        import nibabel  # optional dependency: pip install -e ".[nifti]"
         volume = nibabel.load(path)
         values = np.asarray(volume.dataobj, np.float32)
         # Squeeze only trailing singleton axes (e.g. a 4-D file with one time point).
@@ -223,10 +228,15 @@ def define_flags():
     flags.DEFINE_string("workdir", None, "Training workdir, exported on the fly (all snapshots).")
     flags.DEFINE_string("output", None, "Output folder for masks and JSON reports.")
     flags.DEFINE_bool("uncertainty", False, "Also write the snapshots' probability std map.")
-    flags.DEFINE_integer("batch_size", 8, "Slices per model call.")
+    flags.DEFINE_integer("batch_size", 8, "Slices per model call.", lower_bound=1)
     flags.DEFINE_float("threshold", None, "Probability threshold (default: the export's).")
     flags.DEFINE_float("spacing_mm", None, "Pixel spacing of 2-D inputs that do not record it.")
     flags.mark_flags_as_required(["output"])
+    flags.register_validator(
+        "threshold", lambda t: t is None or validation.is_probability_threshold(t),
+        message=validation.THRESHOLD_RULE)
+    flags.register_validator("spacing_mm", lambda s: s is None or s > 0,
+                             message="--spacing_mm must be a positive pixel spacing")
     flags.register_multi_flags_validator(
         ["model", "workdir"], lambda f: (f["model"] is None) != (f["workdir"] is None),
         message="give exactly one of --model and --workdir")

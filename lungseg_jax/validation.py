@@ -6,6 +6,7 @@
 * ``check_slice``: one image/mask pair of a dataset folder (errors name the file);
   ``data.read_folder`` applies it to every pair and checks the folder as a whole.
   Slices of different sizes are accepted: each is resized to ``data.image_size``.
+* ``is_probability_threshold``: the CLIs' ``--threshold`` (an absl flag validator).
 """
 
 import functools
@@ -17,6 +18,14 @@ from lungseg_jax import metrics, models, schedules
 
 DATA_SOURCES = ("synthetic", "folder", "tfds")
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+THRESHOLD_RULE = "--threshold must be a probability strictly between 0 and 1"
+
+
+def is_probability_threshold(value: float) -> bool:
+    """Whether ``value`` can split probabilities into lung and not: 0 < value < 1."""
+    return 0 < value < 1
 
 
 def _fail(field: str, value, expected: str):

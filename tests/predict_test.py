@@ -156,3 +156,22 @@ def test_exported_loader_rejects_a_wrong_input_shape(model):
     with pytest.raises(ValueError, match=r"expected \(N, 32, 32, 1\)"):
         model.ensemble(np.zeros((2, 16, 16, 1), np.float32))
     assert jnp.asarray(model.ensemble(np.zeros((3, SIZE, SIZE, 1)))).shape == (3, SIZE, SIZE)
+
+
+def test_nifti_without_nibabel_names_the_missing_extra(tmp_path, monkeypatch):
+    path = tmp_path / "scan.nii"
+    nibabel.save(nibabel.Nifti1Image(np.zeros((8, 8, 2), np.int16), np.eye(4)), path)
+    monkeypatch.setitem(sys.modules, "nibabel", None)  # as if not installed
+    with pytest.raises(ImportError, match=r'scan.nii: .*pip install -e "\.\[nifti\]"'):
+        predict.read_scan(str(path), HU_WINDOW)
+
+
+@pytest.mark.parametrize("flag, message", [("--threshold=1.5", "strictly between 0 and 1"),
+                                           ("--batch_size=0", "not a positive integer"),
+                                           ("--spacing_mm=-1", "positive pixel spacing")])
+def test_command_line_refuses_bad_flag_values(tmp_path, flag, message):
+    run = subprocess.run([sys.executable, "-m", "lungseg_jax.predict", f"--model={tmp_path}",
+                          f"--output={tmp_path / 'out'}", flag, "scan.npy"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0 and message in run.stderr, run.stderr[-2000:]
+    assert not (tmp_path / "out").exists()

@@ -186,3 +186,10 @@ def test_cli_never_overwrites_a_checkpoint_of_a_different_config(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in checkpoints.rglob("*")} == before
     assert (workdir / "config.json").read_text() == config_before
     assert json.loads(config_before)["learning_rate"] == 0.001
+
+
+def test_a_probability_threshold_lies_strictly_between_0_and_1():
+    assert validation.is_probability_threshold(0.5)
+    assert validation.is_probability_threshold(1e-6)
+    for value in (0.0, 1.0, -0.2, 1.5):
+        assert not validation.is_probability_threshold(value)
