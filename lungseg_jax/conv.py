@@ -42,10 +42,10 @@ from lungseg_jax.upsampling import Upsampled, conv3x3_of_upsampled, upsample_2x
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
-def _xla_conv(x, w, precision):
+def _xla_conv(x, w):
     kh, kw = w.shape[:2]
     return lax.conv_general_dilated(x, w, (1, 1), ((kh // 2, kh // 2), (kw // 2, kw // 2)),
-                                    dimension_numbers=DIMENSION_NUMBERS, precision=precision)
+                                    dimension_numbers=DIMENSION_NUMBERS)
 
 
 FEW_INPUT_CHANNELS = 3  # the first layer's: CT's 1, or the peer's and the study's RGB copies
@@ -75,7 +75,7 @@ def conv_as_products(x, w):
                for t, xs in enumerate(_shifted(x, kh, kw)) for c in range(cin))
 
 
-def conv_as_tap_product(x, w, precision=None):
+def conv_as_tap_product(x, w):
     """The 'same' convolution as one matrix product of ``x`` with every tap's weights side
     by side, ``(cin, kh * kw * cout)``, then the sum of each tap's outputs shifted to its
     offset: ``out[p] = sum over taps k of (x w_k)[p + k - pad]``. For few output channels,
@@ -84,18 +84,17 @@ def conv_as_tap_product(x, w, precision=None):
     kh, kw, cin, cout = w.shape
     n, h, wd, _ = x.shape
     taps = w.transpose(2, 0, 1, 3).reshape(cin, kh * kw * cout)
-    y = jnp.dot(x.reshape(-1, cin), taps, precision=precision).reshape(n, h, wd, kh * kw, cout)
+    y = jnp.dot(x.reshape(-1, cin), taps).reshape(n, h, wd, kh * kw, cout)
     y = jnp.pad(y, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0), (0, 0)))
     return sum(y[:, i:i + h, j:j + wd, i * kw + j] for i in range(kh) for j in range(kw))
 
 
-def _forward(x, w, precision):
+def _forward(x, w):
     """``_conv2d_same``'s forward: ``conv_as_products`` on the CPU where it pays off, else
     XLA's convolution."""
-    xla = functools.partial(_xla_conv, precision=precision)
     if products_pay_off(w.shape):
-        return lax.platform_dependent(x, w, cpu=conv_as_products, default=xla)
-    return xla(x, w)
+        return lax.platform_dependent(x, w, cpu=conv_as_products, default=_xla_conv)
+    return _xla_conv(x, w)
 
 
 def _shifted(a, kh, kw):
@@ -105,7 +104,7 @@ def _shifted(a, kh, kw):
     return [padded[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)]
 
 
-def weight_grad_gemm(x, g, kernel_shape, precision=None, gemm_shape=None):
+def weight_grad_gemm(x, g, kernel_shape, gemm_shape=None):
     """``dW`` of the 'same' convolution as matrix products (HWIO, like the kernel).
 
     Shifted copies of ``x`` when the kernel judged (``gemm_shape``, default
@@ -113,16 +112,15 @@ def weight_grad_gemm(x, g, kernel_shape, precision=None, gemm_shape=None):
     kh, kw, cin, cout = kernel_shape
     x2, g2 = x.reshape(-1, cin), g.reshape(-1, cout)
     if kh == kw == 1:
-        return jnp.dot(x2.T, g2, precision=precision).reshape(kernel_shape)
+        return jnp.dot(x2.T, g2).reshape(kernel_shape)
     judged_in, judged_out = (kernel_shape if gemm_shape is None else gemm_shape)[2:]
     if judged_in <= judged_out:
-        taps = [jnp.dot(xs.reshape(-1, cin).T, g2, precision=precision)
-                for xs in _shifted(x, kh, kw)]
+        taps = [jnp.dot(xs.reshape(-1, cin).T, g2) for xs in _shifted(x, kh, kw)]
         return jnp.stack(taps).reshape(kernel_shape)
     # x[p + k - pad] g[p] summed over p equals x[q] g[q - k + pad]: the windows of g
     # in reverse tap order.
     g_taps = jnp.stack(_shifted(g, kh, kw)[::-1], axis=-2).reshape(-1, kh * kw * cout)
-    dw = jnp.dot(x2.T, g_taps, precision=precision)
+    dw = jnp.dot(x2.T, g_taps)
     return dw.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
 
 
@@ -176,7 +174,7 @@ def winograd_pays_off(x_shape, kernel_shape, dtype=jnp.float32) -> bool:
             and dtype == jnp.float32)
 
 
-def conv2d_same(x, w, precision=None, gemm_shape=None):
+def conv2d_same(x, w, gemm_shape=None):
     """Stride-1 convolution, NHWC input, HWIO kernel of odd size, zero 'same' padding.
 
     On the CPU, ``conv_as_tap_product`` for few output channels and
@@ -187,37 +185,37 @@ def conv2d_same(x, w, precision=None, gemm_shape=None):
     ``w``'s; a slice of a larger kernel passes the whole one's, see ``Conv``)."""
     if tap_product_pays_off(w.shape):
         return lax.platform_dependent(
-            x, w, cpu=functools.partial(conv_as_tap_product, precision=precision),
-            default=lambda x, w: _conv2d_same(x, w, precision, gemm_shape))
+            x, w, cpu=conv_as_tap_product,
+            default=lambda x, w: _conv2d_same(x, w, gemm_shape))
     if winograd_pays_off(x.shape, w.shape, x.dtype):
         return lax.platform_dependent(
-            x, w, cpu=functools.partial(winograd.conv3x3, precision=precision),
-            default=lambda x, w: _conv2d_same(x, w, precision, gemm_shape))
-    return _conv2d_same(x, w, precision, gemm_shape)
+            x, w, cpu=winograd.conv3x3,
+            default=lambda x, w: _conv2d_same(x, w, gemm_shape))
+    return _conv2d_same(x, w, gemm_shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv2d_same(x, w, precision, gemm_shape):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv2d_same(x, w, gemm_shape):
     """``conv2d_same`` with the input gradient XLA's and the weight gradient as matrix
     products on the CPU where ``gemm_pays_off``."""
-    return _forward(x, w, precision)
+    return _forward(x, w)
 
 
-def _conv2d_same_fwd(x, w, precision, gemm_shape):
-    return _forward(x, w, precision), (x, w)
+def _conv2d_same_fwd(x, w, gemm_shape):
+    return _forward(x, w), (x, w)
 
 
-def _conv2d_same_bwd(precision, gemm_shape, residuals, g):
+def _conv2d_same_bwd(gemm_shape, residuals, g):
     x, w = residuals
-    _, input_grad = jax.vjp(lambda x: _xla_conv(x, w, precision), x)
+    _, input_grad = jax.vjp(lambda x: _xla_conv(x, w), x)
     (dx,) = input_grad(g)
 
     def xla_weight_grad(x, g):
-        (dw,) = jax.vjp(lambda w: _xla_conv(x, w, precision), w)[1](g)
+        (dw,) = jax.vjp(lambda w: _xla_conv(x, w), w)[1](g)
         return dw
 
     def gemm_weight_grad(x, g):
-        return weight_grad_gemm(x, g, w.shape, precision, gemm_shape).astype(w.dtype)
+        return weight_grad_gemm(x, g, w.shape, gemm_shape).astype(w.dtype)
 
     if gemm_pays_off(w.shape if gemm_shape is None else gemm_shape):
         return dx, lax.platform_dependent(x, g, cpu=gemm_weight_grad, default=xla_weight_grad)
@@ -263,25 +261,24 @@ class Conv(nn.Module):
                 convolve, part = conv_of_upsampled, part.low
             else:
                 convolve = conv2d_same
-            out = out + convolve(part.astype(self.dtype), kernel[:, :, start:stop], None,
-                                 kernel.shape)
+            out = out + convolve(part.astype(self.dtype), kernel[:, :, start:stop], kernel.shape)
             start = stop
         return out
 
 
-def conv_of_upsampled(x, w, precision=None, gemm_shape=None):
+def conv_of_upsampled(x, w, gemm_shape=None):
     """``conv2d_same(upsample_2x(x), w)`` from ``x``: a 1x1 convolution before the
     upsampling; a 3x3 one in sub-pixel form on the CPU (``upsampling``; other backends
     convolve the upsampled tensor as before)."""
     if w.shape[:2] == (1, 1):
-        return upsample_2x(conv2d_same(x, w, precision, gemm_shape))
-    built = functools.partial(_conv_of_built, precision=precision, gemm_shape=gemm_shape)
+        return upsample_2x(conv2d_same(x, w, gemm_shape))
+    built = functools.partial(_conv_of_built, gemm_shape=gemm_shape)
     if w.shape[:2] == (3, 3):
         return lax.platform_dependent(
-            x, w, cpu=functools.partial(conv3x3_of_upsampled, precision=precision),
+            x, w, cpu=conv3x3_of_upsampled,
             default=built)
     return built(x, w)
 
 
-def _conv_of_built(x, w, precision, gemm_shape):
-    return conv2d_same(upsample_2x(x), w, precision, gemm_shape)
+def _conv_of_built(x, w, gemm_shape):
+    return conv2d_same(upsample_2x(x), w, gemm_shape)

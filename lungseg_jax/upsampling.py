@@ -15,8 +15,6 @@ but every 2x2 block of it repeats one pixel of ``x``, so:
 ``lungseg_jax.conv.Conv`` takes it as one of its parts.
 """
 
-import functools
-
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -66,32 +64,32 @@ def _sub_pixel_taps(w):
     return jnp.moveaxis(taps, 4, 0).reshape(w.shape[2], 16 * w.shape[3])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv3x3_of_upsampled(x, w, precision=None):
+@jax.custom_vjp
+def conv3x3_of_upsampled(x, w):
     """'Same' 3x3 convolution (HWIO kernel) of ``upsample_2x(x)``, from ``x``: one matrix
     product of ``x`` with the 16 phase taps' weights side by side, then for each output
     phase the sum of its four taps' products, each shifted to its offset. Its gradient
     (``custom_vjp``) stacks the output gradient's 16 shifted phases into one matrix for
     the two products back: autodiff's sum of 16 padded copies took XLA:CPU 24 ms for the
     conv U-Net's last decoder block."""
-    return _sub_pixel_conv(x, w, precision)
+    return _sub_pixel_conv(x, w)
 
 
-def _sub_pixel_conv(x, w, precision):
+def _sub_pixel_conv(x, w):
     n, h, wd, _ = x.shape
     cout = w.shape[-1]
-    z = jnp.dot(x.reshape(n * h * wd, -1), _sub_pixel_taps(w), precision=precision)
+    z = jnp.dot(x.reshape(n * h * wd, -1), _sub_pixel_taps(w))
     z = jnp.pad(z.reshape(n, h, wd, 2, 2, 2, 2, cout), ((0, 0), (1, 1), (1, 1)) + ((0, 0),) * 5)
     # Output (2i + a, 2j + b) reads small pixel (i + a + r - 1, j + b + s - 1), padded +1.
     return interleave_2x(lambda a, b: sum(z[:, a + r:a + r + h, b + s:b + s + wd, a, r, b, s]
                                           for r in (0, 1) for s in (0, 1)))
 
 
-def _conv3x3_of_upsampled_fwd(x, w, precision):
-    return _sub_pixel_conv(x, w, precision), (x, w)
+def _conv3x3_of_upsampled_fwd(x, w):
+    return _sub_pixel_conv(x, w), (x, w)
 
 
-def _conv3x3_of_upsampled_bwd(precision, residuals, g):
+def _conv3x3_of_upsampled_bwd(residuals, g):
     x, w = residuals
     n, h, wd, cin = x.shape
     cout = w.shape[-1]
@@ -102,8 +100,8 @@ def _conv3x3_of_upsampled_bwd(precision, residuals, g):
     dz = jnp.stack([g[:, 2 - a - r:2 - a - r + h, a, 2 - b - s:2 - b - s + wd, b]
                     for a in (0, 1) for r in (0, 1) for b in (0, 1) for s in (0, 1)], axis=3)
     dz = dz.reshape(n * h * wd, 16 * cout)
-    dx = jnp.dot(dz, taps.T, precision=precision).reshape(x.shape)
-    (dw,) = taps_pullback(jnp.dot(x.reshape(-1, cin).T, dz, precision=precision))
+    dx = jnp.dot(dz, taps.T).reshape(x.shape)
+    (dw,) = taps_pullback(jnp.dot(x.reshape(-1, cin).T, dz))
     return dx, dw
 
 

@@ -100,13 +100,12 @@ def _transform_output_bwd(shape, _, g):
 transform_output.defvjp(_transform_output_fwd, _transform_output_bwd)
 
 
-def conv3x3(x, w, precision=None):
+def conv3x3(x, w):
     """'Same' 3x3 convolution, NHWC input with even height and width, HWIO kernel."""
     n, h, wd, _ = x.shape
     if h % 2 or wd % 2:
         raise ValueError(f"winograd.conv3x3 needs even height and width, got {x.shape}")
     tiles = transform_input(x)
     kernel = transform_kernel(w).astype(tiles.dtype)
-    products = lax.dot_general(tiles, kernel, (((2,), (1,)), ((0,), (0,))),
-                               precision=precision)
+    products = lax.dot_general(tiles, kernel, (((2,), (1,)), ((0,), (0,))))
     return transform_output(products, (n, h, wd, w.shape[-1]))

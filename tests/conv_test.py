@@ -121,7 +121,7 @@ def weight_grad_hlo(platform, kernel_shape=(3, 3, 4, 8), gemm_shape=None):
     x, w, g = random_case(kernel_shape)
 
     def weight_grad(w):
-        return jax.vjp(lambda w: conv.conv2d_same(x, w, None, gemm_shape), w)[1](g)[0]
+        return jax.vjp(lambda w: conv.conv2d_same(x, w, gemm_shape), w)[1](g)[0]
 
     return jax.jit(weight_grad).trace(w).lower(lowering_platforms=(platform,)).as_text()
 
