@@ -172,6 +172,14 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
                       interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def to_native(probability: np.ndarray, shape) -> np.ndarray:
+    """A probability (or uncertainty) map resized bilinearly to ``shape`` (H, W)."""
+    h, w = shape
+    if probability.shape == (h, w):
+        return probability
+    return cv2.resize(probability, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def preprocess_images(images: Sequence[np.ndarray], image_size: int,
                       hu_window: Sequence[float], channels: int) -> np.ndarray:
     """Model inputs (N, S, S, channels) float32 in [0, 1] from Hounsfield slices."""

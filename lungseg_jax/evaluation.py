@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from lungseg_jax import data, metrics, report, trainer
+from lungseg_jax import data, exported, metrics, report, trainer
 
 
 def make_predict_fn(model):
@@ -35,12 +35,7 @@ def make_predict_fn(model):
 
 def predict_probabilities(predict_fn, variables, images: np.ndarray, batch_size: int):
     """Probabilities (N, H, W) for preprocessed ``images``, in fixed-size batches."""
-    n = len(images)
-    padded = np.concatenate([images, np.zeros((-n % batch_size, *images.shape[1:]),
-                                              images.dtype)])
-    out = [predict_fn(variables, padded[i:i + batch_size])
-           for i in range(0, len(padded), batch_size)]
-    return np.concatenate(jax.device_get(out))[:n]
+    return exported.in_batches(lambda batch: predict_fn(variables, batch), images, batch_size)
 
 
 def predict_plain_and_tta(predict_fn, variables, images: np.ndarray, batch_size: int):
@@ -61,17 +56,9 @@ def keep_largest_components(mask: np.ndarray, keep: int = 2) -> np.ndarray:
     return np.isin(labels, kept)
 
 
-def to_native(probability: np.ndarray, shape) -> np.ndarray:
-    """A probability (or uncertainty) map resized bilinearly to ``shape`` (H, W)."""
-    h, w = shape
-    if probability.shape == (h, w):
-        return probability
-    return cv2.resize(probability, (w, h), interpolation=cv2.INTER_LINEAR)
-
-
 def native_predictions(probabilities, masks: list, threshold: float, postprocess: bool) -> list:
     """Boolean predictions at each mask's own size, optionally post-processed."""
-    preds = [to_native(p, m.shape) > threshold for p, m in zip(probabilities, masks)]
+    preds = [data.to_native(p, m.shape) > threshold for p, m in zip(probabilities, masks)]
     return [keep_largest_components(p) for p in preds] if postprocess else preds
 
 
@@ -193,7 +180,7 @@ def evaluate_workdir(workdir: epath.PathLike, data_dir: str, threshold: float = 
         preds = native_predictions(probs, slices.masks, threshold, chosen_pp)
         report.write_report(report_prefix, result, workdir, config.data, slices, preds,
                             native_counts(preds, slices.masks),
-                            [to_native(u, m.shape) for u, m in zip(uncertainty, slices.masks)])
+                            [data.to_native(u, m.shape) for u, m in zip(uncertainty, slices.masks)])
     return result
 
 

@@ -8,6 +8,7 @@ Load them with ``lungseg_jax.exported.ExportedModel`` (jax and numpy only). The 
 and the export directory may be ``etils.epath`` URIs such as ``gs://bucket/run``.
 """
 
+import functools
 import hashlib
 import json
 
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from etils import epath
 
-from lungseg_jax import exported, rundir, runtime, trainer, validation
+from lungseg_jax import evaluation, exported, rundir, runtime, trainer, validation
 
 PLATFORMS = ("cpu", "cuda")
 
@@ -70,17 +71,13 @@ def export_workdir(workdir: epath.PathLike, output: epath.PathLike, snapshots: s
                    threshold: float = 0.5, platforms=PLATFORMS) -> dict:
     """Exports the chosen snapshots of ``workdir`` to ``output``; returns the metadata."""
     restored = trainer.restore_variables(workdir)
-    steps = choose_snapshots(restored.snapshot_steps or [restored.final_step], snapshots)
-    config, model = restored.config, restored.model
-
-    def probabilities(variables):
-        return lambda images: jax.nn.sigmoid(
-            model.apply(variables, images, train=False)[..., 0].astype(jnp.float32))
+    steps = choose_snapshots(evaluation.snapshot_steps(restored), snapshots)
+    config, predict = restored.config, evaluation.make_predict_fn(restored.model)
 
     config_bytes = (epath.Path(workdir) / "config.json").read_bytes()
     digest = hashlib.sha256(config_bytes).hexdigest()
     metadata = write_export(
-        output, {s: probabilities(restored.variables[s]) for s in steps},
+        output, {s: functools.partial(predict, restored.variables[s]) for s in steps},
         (config.data.image_size, config.data.image_size, config.data.channels),
         {"model": config.model.name, "hu_min": config.data.hu_min, "hu_max": config.data.hu_max,
          "threshold": threshold, "final_step": restored.final_step, "config_sha256": digest},

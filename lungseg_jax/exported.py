@@ -17,6 +17,16 @@ METADATA = "metadata.json"
 FORMAT = "lungseg_jax.export/1"
 
 
+def in_batches(fn, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """``fn`` applied to ``inputs`` in batches of exactly ``batch_size`` (the last one
+    zero-padded, so one compiled shape serves all), the outputs concatenated."""
+    n = len(inputs)
+    padded = np.concatenate([inputs, np.zeros((-n % batch_size, *inputs.shape[1:]),
+                                              inputs.dtype)])
+    out = [fn(padded[i:i + batch_size]) for i in range(0, len(padded), batch_size)]
+    return np.concatenate(jax.device_get(out))[:n]
+
+
 def _load_function(path: str):
     with open(path, "rb") as f:
         return jax.jit(jax.export.deserialize(bytearray(f.read())).call)
@@ -51,11 +61,7 @@ class ExportedModel:
         if inputs.shape[1:] != self.input_shape:
             raise ValueError(f"inputs of shape {inputs.shape}: expected (N, "
                              f"{', '.join(map(str, self.input_shape))})")
-        n = len(inputs)
-        padded = np.concatenate([inputs, np.zeros((-n % batch_size, *self.input_shape),
-                                                  np.float32)])
-        out = [fn(padded[i:i + batch_size]) for i in range(0, len(padded), batch_size)]
-        return np.concatenate(jax.device_get(out))[:n]
+        return in_batches(fn, inputs, batch_size)
 
     def ensemble(self, inputs: np.ndarray, batch_size: int = 8) -> np.ndarray:
         """Ensemble probabilities (N, S, S): the mean over the snapshots."""

@@ -151,11 +151,7 @@ def segment(model: exported.ExportedModel, slices: np.ndarray, batch_size: int =
     bar.close()
 
     def native(maps):
-        maps = np.concatenate(maps)
-        if maps.shape[1:] == (height, width):
-            return maps
-        return np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR)
-                         for m in maps])
+        return np.stack([data.to_native(m, (height, width)) for m in np.concatenate(maps)])
 
     return native(probability), native(spread) if uncertainty else None
 
