@@ -4,9 +4,8 @@ import os
 
 import numpy as np
 import pytest
-import tifffile
 
-from conftest import NO_REAL_DATA, REAL_DATA
+from conftest import NO_REAL_DATA, REAL_DATA, good_pair, write_pair
 from lungseg_jax import data
 
 
@@ -33,20 +32,6 @@ def test_reads_the_real_dataset_folder():
     assert all(im.shape == (512, 512) and im.dtype == np.int16 for im in slices.images)
     assert all(set(np.unique(m)) == {0, 1} for m in slices.masks)
     assert slices.names == sorted(slices.names)
-
-
-def write_pair(root, name, image, mask):
-    for sub, array in (("2d_images", image), ("2d_masks", mask)):
-        os.makedirs(os.path.join(root, sub), exist_ok=True)
-        if array is not None:
-            tifffile.imwrite(os.path.join(root, sub, name + ".tif"), array)
-
-
-def good_pair(size=16, value=255):
-    image = np.full((size, size), -800, np.int16)
-    mask = np.zeros((size, size), np.uint8)
-    mask[4:10, 4:10] = value
-    return image, mask
 
 
 def test_reads_masks_encoded_0_255_and_0_1(tmp_path):

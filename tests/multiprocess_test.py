@@ -8,12 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, deterministic_metrics
+from conftest import REPO, TINY_FLAGS, deterministic_metrics
 from lungseg_jax import checkpointing, data, distributed, trainer
 
-TINY = ["--config.model.features=(4,8)", "--config.data.image_size=32",
-        "--config.data.synthetic.num_images=20", "--config.data.synthetic.size=64",
-        "--config.data.val_fraction=0.2", "--config.num_epochs=2", "--config.eval_batch_size=4"]
 TIMEOUT_S = 300
 
 
@@ -34,7 +31,7 @@ def cpu_env(num_devices: int) -> dict:
 
 def train_command(workdir, *flags):
     return [sys.executable, "-m", "lungseg_jax.train", "--config", "configs/default.py",
-            f"--workdir={workdir}", *TINY, *flags]
+            f"--workdir={workdir}", *TINY_FLAGS, *flags]
 
 
 def run_processes(commands, env, log_prefix):

@@ -16,14 +16,11 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, deterministic_metrics
+from conftest import REPO, TINY_FLAGS, deterministic_metrics
 from lungseg_jax import checkpointing, trainer
 
 # The conv U-Net: fewer arrays than the inception one, so a checkpoint every step stays cheap.
-TINY = ["--config.model.name=conv_unet", "--config.model.features=(4,8)",
-        "--config.data.image_size=32", "--config.data.synthetic.num_images=20",
-        "--config.data.synthetic.size=64", "--config.data.val_fraction=0.2",
-        "--config.num_epochs=2", "--config.eval_batch_size=4", "--config.checkpoint.every_steps=1"]
+TINY = [*TINY_FLAGS, "--config.model.name=conv_unet", "--config.checkpoint.every_steps=1"]
 TOTAL_STEPS = 8  # 2 epochs x 4 steps
 TIMEOUT_S = 240
 

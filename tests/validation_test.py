@@ -7,9 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-import tifffile
 
-from conftest import REPO
+from conftest import REPO, good_pair, write_pair
 from lungseg_jax import data, validation
 
 TINY = ["--config.model.name=conv_unet", "--config.model.features=(4,8)",
@@ -81,13 +80,6 @@ def test_batch_must_divide_over_the_devices(tiny_config):
         validation.check_mesh(tiny_config, 4)
 
 
-def pair(size=16):
-    image = np.full((size, size), -800, np.int16)
-    mask = np.zeros((size, size), np.uint8)
-    mask[4:10, 4:10] = 255
-    return image, mask
-
-
 @pytest.mark.parametrize("breakage, blamed, message", [
     ("shape", "m.tif", r"mask shape \(8, 16\) != image shape \(16, 16\) of i.tif"),
     ("nan_image", "i.tif", r"non-finite pixel value nan at \(row, column\) \(2, 3\)"),
@@ -96,7 +88,7 @@ def pair(size=16):
     ("one_and_255", "m.tif", "mask is not binary"),
 ])
 def test_bad_slice_pairs_name_the_file(breakage, blamed, message):
-    image, mask = pair()
+    image, mask = good_pair()
     if breakage == "shape":
         mask = mask[:8]
     elif breakage == "nan_image":
@@ -116,37 +108,34 @@ def test_bad_slice_pairs_name_the_file(breakage, blamed, message):
 
 @pytest.mark.parametrize("mask_value", [1, 255])
 def test_good_slice_pairs_pass(mask_value):
-    image, mask = pair()
+    image, mask = good_pair()
     validation.check_slice("i.tif", image.astype(np.float32), "m.tif",
                            (mask > 0).astype(np.uint8) * mask_value)
 
 
 def write_folder(root, pairs):
-    for sub in ("2d_images", "2d_masks"):
-        os.makedirs(root / sub, exist_ok=True)
     for name, (image, mask) in pairs.items():
-        tifffile.imwrite(root / "2d_images" / f"{name}.tif", image)
-        tifffile.imwrite(root / "2d_masks" / f"{name}.tif", mask)
+        write_pair(root, name, image, mask)
 
 
 def test_folder_with_non_finite_pixels_names_the_file(tmp_path):
-    image, mask = pair()
+    image, mask = good_pair()
     broken = image.astype(np.float32)
     broken[5, 5] = -np.inf
-    write_folder(tmp_path, {"a": pair(), "b": (broken, mask)})
+    write_folder(tmp_path, {"a": good_pair(), "b": (broken, mask)})
     with pytest.raises(ValueError, match=r"2d_images/b.tif: non-finite pixel value -inf"):
         data.read_folder(str(tmp_path))
 
 
 def test_folder_with_nan_mask_names_the_file(tmp_path):
-    image, mask = pair()
-    write_folder(tmp_path, {"a": pair(), "b": (image, np.where(mask > 0, np.nan, 0.0))})
+    image, mask = good_pair()
+    write_folder(tmp_path, {"a": good_pair(), "b": (image, np.where(mask > 0, np.nan, 0.0))})
     with pytest.raises(ValueError, match=r"2d_masks/b.tif: non-finite pixel value nan"):
         data.read_folder(str(tmp_path))
 
 
 def test_slices_of_mixed_sizes_are_read_and_resized_alike(tmp_path, tiny_config):
-    write_folder(tmp_path, {"a": pair(16), "b": pair(24), "c": pair(32)})
+    write_folder(tmp_path, {"a": good_pair(16), "b": good_pair(24), "c": good_pair(32)})
     slices = data.read_folder(str(tmp_path))
     assert [im.shape for im in slices.images] == [(16, 16), (24, 24), (32, 32)]
     images, masks = data.preprocess(slices, tiny_config.data)
@@ -161,9 +150,9 @@ def test_cli_refuses_bad_values_before_creating_the_workdir(tmp_path):
 
 
 def test_cli_refuses_a_bad_data_folder_before_creating_the_workdir(tmp_path):
-    image, mask = pair()
+    image, mask = good_pair()
     mask[0, 0] = 3
-    write_folder(tmp_path / "data", {"a": pair(), "b": (image, mask)})
+    write_folder(tmp_path / "data", {"a": good_pair(), "b": (image, mask)})
     result = train_cli(tmp_path / "run", "--config.data.source=folder",
                        f"--config.data.path={tmp_path / 'data'}")
     assert result.returncode != 0
