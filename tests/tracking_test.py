@@ -51,7 +51,7 @@ def the_run(workdir, client):
         return client.get_run(f.read().strip())
 
 
-def test_params_metrics_and_artifacts_are_logged(tracked_run):
+def test_params_metrics_and_artifacts_are_logged(tracked_run, tmp_path):
     workdir, client = tracked_run
     assert os.path.exists(os.path.join(workdir, "mlflow.db"))
     assert os.path.isdir(os.path.join(workdir, "mlartifacts"))
@@ -66,8 +66,13 @@ def test_params_metrics_and_artifacts_are_logged(tracked_run):
         history = client.get_metric_history(run.info.run_id, key)
         assert [(m.step, m.value) for m in history] == [(r["step"], pytest.approx(r[key]))
                                                         for r in records], key
-    assert 0.0 <= run.data.metrics["test/ensemble/pooled_iou"] <= 1.0
-    assert "test/snapshots/8/mean_dice" in run.data.metrics
+    # The logged test metrics are the logged evaluation's.
+    with open(client.download_artifacts(run.info.run_id, "evaluation.json", str(tmp_path))) as f:
+        evaluation = json.load(f)
+    assert run.data.metrics["test/ensemble/pooled_iou"] == pytest.approx(
+        evaluation["ensemble"]["pooled_iou"])
+    eighth = next(s for s in evaluation["snapshots"] if s["step"] == 8)
+    assert run.data.metrics["test/snapshots/8/mean_dice"] == pytest.approx(eighth["mean_dice"])
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "metrics.jsonl", "evaluation.json"} <= names
     with open(client.download_artifacts(run.info.run_id, "config.json")) as f:
