@@ -15,11 +15,13 @@ Prints one JSON line per case and then a table:
 * ``"case": "input_path"``: images/s of drawing and augmenting batches alone
   (``INPUT_BATCHES_PER_CALL`` per jitted call, each written out and reduced to a
   checksum), and the ratio to the train step's consumption.
-
-``--config.x=y`` sets any other config field; ``FLAG_OWNED_FIELDS`` are bench's flags'.
 * ``"case": "step_profile"`` (CPU, with ``--profile_runs N``): milliseconds per step spent
   in each model layer's operations, forward and backward, and outside the model
   (``lungseg_jax.op_profile``; layers overlap, so they sum to more than the step).
+
+bench's own flags always set the ``FLAG_OWNED_FIELDS`` (model, dtype, image size,
+channels, batch size), their defaults included, whatever the ``--config`` file says;
+``--config.x=y`` sets any other field and may not set those.
 """
 
 import json
@@ -61,9 +63,10 @@ flags.DEFINE_integer("steps", 20, "Timed steps.", lower_bound=1)
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.", lower_bound=0)
 flags.DEFINE_integer("num_images", 32, "Resident training images to draw batches from "
                      "(at least --batch_size).", lower_bound=1)
-flags.DEFINE_integer("profile_runs", 0, "Steps to profile per layer (CPU only; 0: none).")
+flags.DEFINE_integer("profile_runs", 0, "Steps to profile per layer (CPU only; 0: none).",
+                     lower_bound=0)
 flags.DEFINE_integer("profile_depth", 1, "Module levels in a profiled layer's name "
-                     "(1: ConvBlock_3; 2: ConvBlock_3/ConvBNAct_0).")
+                     "(1: ConvBlock_3; 2: ConvBlock_3/ConvBNAct_0).", lower_bound=1)
 
 
 def forward_conv_flops(model: models.UNet, image_size: int, channels: int) -> int:

@@ -88,9 +88,9 @@ def read_scan(path: str, hu_window: tuple, spacing_mm: float | None = None) -> S
     if suffix in VOLUME_SUFFIXES:
         try:
             import nibabel  # optional dependency
-        except ImportError as e:
-            raise ImportError(f"{path}: reading NIfTI volumes needs nibabel: "
-                              'pip install -e ".[nifti]"') from e
+        except ImportError as e:  # reported like any bad input; the other inputs go on
+            raise InputError(f"{path}: reading NIfTI volumes needs nibabel: "
+                             'pip install -e ".[nifti]"') from e
     try:
         if suffix in (".tif", ".tiff"):
             with tifffile.TiffFile(path) as tif:

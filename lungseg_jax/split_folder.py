@@ -4,7 +4,8 @@
         [--test_fraction 0.1] [--seed 0]
 
 makes SPLIT/train and SPLIT/test in the same layout; train on SPLIT/train
-(which is split again into train/validation) and evaluate on SPLIT/test.
+(which is split again into train/validation) and evaluate on SPLIT/test. An existing
+SPLIT/train or SPLIT/test is refused (another split's links would mix in): remove it first.
 """
 
 from absl import app, flags
@@ -17,6 +18,8 @@ flags.DEFINE_string("output", None, "Where to make train/ and test/.")
 flags.DEFINE_float("test_fraction", 0.1, "Fraction of the slices held out for test.")
 flags.DEFINE_integer("seed", 0, "Seed of the split.")
 flags.mark_flags_as_required(["source", "output"])
+flags.register_validator("test_fraction", lambda f: 0 < f < 1,
+                         message="--test_fraction must lie strictly between 0 and 1")
 
 
 def main(argv):

@@ -162,7 +162,7 @@ def test_nifti_without_nibabel_names_the_missing_extra(tmp_path, monkeypatch):
     path = tmp_path / "scan.nii"
     nibabel.save(nibabel.Nifti1Image(np.zeros((8, 8, 2), np.int16), np.eye(4)), path)
     monkeypatch.setitem(sys.modules, "nibabel", None)  # as if not installed
-    with pytest.raises(ImportError, match=r'scan.nii: .*pip install -e "\.\[nifti\]"'):
+    with pytest.raises(predict.InputError, match=r'scan.nii: .*pip install -e "\.\[nifti\]"'):
         predict.read_scan(str(path), HU_WINDOW)
 
 

@@ -1,5 +1,6 @@
 """The input boundary: config values, dataset files, and workdirs, checked before anything is written."""
 
+import ast
 import json
 import os
 import subprocess
@@ -182,3 +183,36 @@ def test_a_probability_threshold_lies_strictly_between_0_and_1():
     assert validation.is_probability_threshold(1e-6)
     for value in (0.0, 1.0, -0.2, 1.5):
         assert not validation.is_probability_threshold(value)
+
+
+def test_tiny_flags_set_what_the_tiny_config_fixture_sets(tiny_config):
+    from configs import default
+    from conftest import TINY_FLAGS
+    config = default.get_config()
+    for flag in TINY_FLAGS:
+        path, value = flag[len("--config."):].split("=", 1)
+        *parents, leaf = path.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = ast.literal_eval(value)
+    assert config.to_dict() == tiny_config.to_dict()
+
+
+@pytest.mark.parametrize("command", [
+    ["lungseg_jax.evaluate", "--data_dir=d", "--output=o.json"],
+    ["lungseg_jax.export", "--output=o"],
+    ["lungseg_jax.split_folder", "--source=s", "--output=o", "--test_fraction=1"],
+    ["lungseg_jax.bench", "--config.batch_size=8"],
+])
+def test_command_lines_refuse_bad_values_before_doing_anything(tmp_path, command):
+    module, *flags = command
+    if module in ("lungseg_jax.evaluate", "lungseg_jax.export"):
+        flags += [f"--workdir={tmp_path}", "--threshold=0"]
+    run = subprocess.run([sys.executable, "-m", module, *flags], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    want = {"lungseg_jax.split_folder": "--test_fraction must lie strictly between 0 and 1",
+            "lungseg_jax.bench": "--config.batch_size=8: set by bench's own flags; use "
+                                 "--batch_size"}.get(module, validation.THRESHOLD_RULE)
+    assert run.returncode != 0 and want in run.stderr, run.stderr[-2000:]
+    assert os.listdir(tmp_path) == []
