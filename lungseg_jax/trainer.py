@@ -62,8 +62,8 @@ class DeviceData:
 # XLA:CPU's memory-optimising instruction scheduler, for train steps of at least
 # 256x256x4 pixels per device: at 512x512, batch 4, the step's scratch space shrank
 # from 2521 to 1340 MB (conv U-Net) and from 3847 to 3435 MB (inception U-Net), at the
-# same speed within noise at 256; at 128 it would cost 2-12% (BENCHMARKS.md; measured
-# before the decoder stopped building its concatenations).
+# same speed within noise at 256; at 128 it costs 4-8% (inception 0.921x, conv U-Net
+# 0.964x, in-process A/Bs, Zen 4, BENCHMARKS.md eighth session).
 CPU_MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 MEMORY_SCHEDULER_MIN_PIXELS = 256 * 256 * 4
 # LLVM's optimisation level for the kernels XLA:CPU generates (its fusions), 1 instead
