@@ -99,8 +99,9 @@ def forward_conv_flops(model: models.UNet, image_size: int, channels: int) -> in
 
 
 def owned_field_overrides(argv) -> list:
-    """The ``--config.<field>`` arguments in ``argv`` that set a ``FLAG_OWNED_FIELDS`` field."""
-    return [arg for arg in argv for field in FLAG_OWNED_FIELDS
+    """``(argument, field)`` for each ``--config.<field>`` argument in ``argv`` that sets a
+    ``FLAG_OWNED_FIELDS`` field."""
+    return [(arg, field) for arg in argv for field in FLAG_OWNED_FIELDS
             if arg.split("=", 1)[0] == f"--config.{field}"]
 
 
@@ -274,9 +275,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     overrides = owned_field_overrides(sys.argv)
     if overrides:
-        raise app.UsageError(
-            f"{overrides[0]}: set by bench's own flags; use "
-            f"--{FLAG_OWNED_FIELDS[overrides[0].split('=', 1)[0][len('--config.'):]]}")
+        arg, field = overrides[0]
+        raise app.UsageError(f"{arg}: set by bench's own flags; use --{FLAG_OWNED_FIELDS[field]}")
     runtime.reexec_with_huge_pages()
     with tempfile.TemporaryDirectory() as cache_dir:
         runtime.setup_jax(cache_dir)  # empty cache: the first compile is a cold one

@@ -71,5 +71,5 @@ def test_too_few_resident_images_for_a_batch_is_an_error_naming_the_flag(tiny_co
 def test_config_overrides_of_the_fields_bench_flags_own_are_found():
     argv = ["bench", "--config.batch_size=8", "--config.seed=3", "--config.model.dtype",
             "--image_size=64"]
-    assert bench.owned_field_overrides(argv) == ["--config.batch_size=8",
-                                                 "--config.model.dtype"]
+    assert bench.owned_field_overrides(argv) == [("--config.batch_size=8", "batch_size"),
+                                                 ("--config.model.dtype", "model.dtype")]
