@@ -183,15 +183,12 @@ def conv2d_same(x, w, gemm_shape=None):
     XLA's), with its weight gradient as matrix products where they pay off.
     ``gemm_shape``: the kernel shape that decides the weight gradient's form (default
     ``w``'s; a slice of a larger kernel passes the whole one's, see ``Conv``)."""
-    if tap_product_pays_off(w.shape):
-        return lax.platform_dependent(
-            x, w, cpu=conv_as_tap_product,
-            default=lambda x, w: _conv2d_same(x, w, gemm_shape))
-    if winograd_pays_off(x.shape, w.shape, x.dtype):
-        return lax.platform_dependent(
-            x, w, cpu=winograd.conv3x3,
-            default=lambda x, w: _conv2d_same(x, w, gemm_shape))
-    return _conv2d_same(x, w, gemm_shape)
+    cpu_form = (conv_as_tap_product if tap_product_pays_off(w.shape) else
+                winograd.conv3x3 if winograd_pays_off(x.shape, w.shape, x.dtype) else None)
+    if cpu_form is None:
+        return _conv2d_same(x, w, gemm_shape)
+    return lax.platform_dependent(x, w, cpu=cpu_form,
+                                  default=lambda x, w: _conv2d_same(x, w, gemm_shape))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
