@@ -1,4 +1,5 @@
-"""Benchmark of the trainer's own jitted train step (the one ``train`` runs).
+"""Benchmark of the trainer's own jitted train steps (``trainer.make_train_steps``, what
+``train`` runs: ``config.steps_per_call`` steps per call).
 
     python -m lungseg_jax.bench --model incp_unet --image_size 128 --batch_size 4 \
         [--dtype float32] [--steps 20] [--config configs/default.py --config.x=y]
@@ -7,8 +8,8 @@ Prints one JSON line per case and then a table:
 * ``"case": "train_step"``: the host's CPU (speed choices depend on it), time to
   trace and lower the step (Python; paid on every start), XLA's cold compile time
   (empty persistent cache), XLA's compile time from the persistent cache (in the same
-  process, after ``jax.clear_caches``), images/s (median step after warm-up, each step
-  timed with ``block_until_ready``), achieved GFLOP/s from the analytical FLOP count (3x
+  process, after ``jax.clear_caches``), images/s (median call after warm-up, each timed
+  with ``block_until_ready``, over its steps; ``step_ms_median`` per step), achieved GFLOP/s from the analytical FLOP count (3x
   the forward convolutions, the peer's convention), XLA's own FLOP and byte counts (the
   bytes give the achieved memory bandwidth), and memory (XLA's buffer plan, the
   process' peak resident set, and the accelerator's peak where it reports one).
@@ -59,11 +60,12 @@ flags.DEFINE_integer("image_size", 128, "Square image size.")
 flags.DEFINE_integer("batch_size", 4, "Global batch size.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_integer("channels", 3, "Input channels (3 as the peer benchmark).")
-flags.DEFINE_integer("steps", 20, "Timed steps.", lower_bound=1)
-flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.", lower_bound=0)
+flags.DEFINE_integer("steps", 20, "Timed calls of the train steps (each runs "
+                     "config.steps_per_call steps).", lower_bound=1)
+flags.DEFINE_integer("warmup", 3, "Untimed calls after compilation.", lower_bound=0)
 flags.DEFINE_integer("num_images", 32, "Resident training images to draw batches from "
                      "(at least --batch_size).", lower_bound=1)
-flags.DEFINE_integer("profile_runs", 0, "Steps to profile per layer (CPU only; 0: none).",
+flags.DEFINE_integer("profile_runs", 0, "Calls to profile per layer (CPU only; 0: none).",
                      lower_bound=0)
 flags.DEFINE_integer("profile_depth", 1, "Module levels in a profiled layer's name "
                      "(1: ConvBlock_3; 2: ConvBlock_3/ConvBNAct_0).", lower_bound=1)
@@ -163,30 +165,31 @@ def run_benchmark(config, steps: int, warmup: int, num_images: int, profile_runs
     model = models.create_model(config.model)
     tx, learning_rate_fn = trainer.create_optimizer(config, total_steps=10_000)
     state = trainer.create_train_state(config, model, tx, mesh)
-    train_step = trainer.make_train_step(config, mesh, steps_per_epoch, learning_rate_fn)
+    train_steps = trainer.make_train_steps(config, mesh, steps_per_epoch, learning_rate_fn)
+    per_call = np.int32(config.steps_per_call)
 
-    lowered, trace_lower_s = timed(train_step.lower, state, data)
+    lowered, trace_lower_s = timed(train_steps.lower, state, data, per_call)
     compiled, cold_s = timed(lowered.compile)
     jax.clear_caches()
-    lowered = train_step.lower(state, data)
+    lowered = train_steps.lower(state, data, per_call)
     _, cached_s = timed(lowered.compile)
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis() or {}
     xla_flops = cost.get("flops", float("nan"))
     xla_bytes = cost.get("bytes accessed", float("nan"))
 
-    def one_step():
+    def one_call():
         nonlocal state
-        state, measurements = compiled(state, data)
+        state, measurements = compiled(state, data, per_call)
         jax.block_until_ready(measurements)
 
-    step_s = median_seconds(one_step, steps, warmup)
+    step_s = median_seconds(one_call, steps, warmup) / config.steps_per_call
     flops = 3 * forward_conv_flops(model, size, channels) * batch
     common = {"model": config.model.name, "image_size": size, "batch_size": batch,
               "dtype": config.model.dtype, "devices": mesh.size,
               "platform": platform, "jax": jax.__version__, "host_cpu": runtime.host_cpu()}
     train = {"case": "train_step", **common, "images_per_sec": round(batch / step_s, 3),
-             "step_ms_median": round(1e3 * step_s, 2),
+             "step_ms_median": round(1e3 * step_s, 2), "steps_per_call": config.steps_per_call,
              "trace_lower_s": round(trace_lower_s, 2),
              "compile_cold_s": round(cold_s, 2), "compile_cached_s": round(cached_s, 2),
              "analytical_gflop_per_step": round(flops / 1e9, 3),
@@ -227,9 +230,10 @@ def run_benchmark(config, steps: int, warmup: int, num_images: int, profile_runs
               "batches_per_call": INPUT_BATCHES_PER_CALL}
     if not profile_runs:
         return [train, inputs]
-    layers = op_profile.layer_times(compiled, one_step, profile_runs, profile_depth)
+    layers = op_profile.layer_times(compiled, one_call, profile_runs, profile_depth)
     profile = {"case": "step_profile", **common, "runs": profile_runs,
-               "layers": [{"layer": label, "ms": round(1e3 * s, 2)} for label, s in layers]}
+               "layers": [{"layer": label, "ms": round(1e3 * s / config.steps_per_call, 2)}
+                          for label, s in layers]}
     return [train, inputs, profile]
 
 

@@ -202,14 +202,28 @@ def _conv2d_same_fwd(x, w, gemm_shape):
     return _forward(x, w), (x, w)
 
 
+def input_grad_conv(g, w):
+    """``dx`` of the 'same' convolution, as XLA:CPU's own convolution in canonical form
+    (NHWC, HWIO): ``g`` convolved with the kernel flipped and its channels swapped."""
+    return _xla_conv(g, w[::-1, ::-1].swapaxes(2, 3))
+
+
+def weight_grad_conv(x, g, kernel_shape):
+    """``dW`` of the 'same' convolution, as one XLA:CPU convolution in canonical form:
+    ``x``'s channels as its batch, its batch as input channels, ``g`` as the kernel."""
+    kh, kw = kernel_shape[:2]
+    dw = lax.conv_general_dilated(x.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), (1, 1),
+                                  ((kh // 2, kh // 2), (kw // 2, kw // 2)),
+                                  dimension_numbers=DIMENSION_NUMBERS)
+    return dw.transpose(1, 2, 0, 3)
+
+
 def _conv2d_same_bwd(gemm_shape, residuals, g):
     x, w = residuals
-    _, input_grad = jax.vjp(lambda x: _xla_conv(x, w), x)
-    (dx,) = input_grad(g)
+    dx = input_grad_conv(g, w)
 
     def xla_weight_grad(x, g):
-        (dw,) = jax.vjp(lambda w: _xla_conv(x, w), w)[1](g)
-        return dw
+        return weight_grad_conv(x, g, w.shape).astype(w.dtype)
 
     def gemm_weight_grad(x, g):
         return weight_grad_gemm(x, g, w.shape, gemm_shape).astype(w.dtype)

@@ -28,6 +28,8 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = ([^\n]*)$", re.M)
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", re.M | re.S)
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
+_RUNS = re.compile(r"\b(?:condition|body)=%?([\w.\-]+)")  # the computations a loop runs
+_CONTROL_FLOW = re.compile(r"\swhile\(")
 _TOP_MODULE = re.compile(r"jvp\(([A-Z]\w*)\)")  # the model's apply, differentiated
 _MODULE = re.compile(r"^[A-Z]\w*_\d+$")  # a Flax submodule's name: ConvBlock_3, Conv_0
 
@@ -49,20 +51,30 @@ def op_name_label(op_name: str, depth: int) -> str:
 
 
 def layer_labels(hlo_text: str, depth: int = 1) -> dict:
-    """Label (``op_name_label``) of each instruction of the optimised HLO module's
-    entry computation: its own ``op_name``, else that of the computation it calls
-    (a fusion's root carries it)."""
+    """Label (``op_name_label``) of each instruction the CPU runtime executes: those of the
+    optimised HLO module's entry computation and of the computations its control flow
+    runs (a loop's body: the train steps run in one), except the control-flow
+    instructions themselves, whose time is their body's. An instruction's label comes from
+    its own ``op_name``, else from that of the computation it calls (a fusion's root
+    carries it)."""
     computations = {name: body for name, body in _COMPUTATION.findall(hlo_text)}
     entry = re.search(r"^ENTRY [^\n]*\{\n(.*?)\n\}", hlo_text, re.M | re.S)
     if entry is None:
         raise ValueError("no ENTRY computation in the HLO text")
-    labels = {}
-    for name, rest in _INSTRUCTION.findall(entry.group(1)):
-        op_name = _OP_NAME.search(rest)
-        called = _CALLS.search(rest)
-        if op_name is None and called is not None:
-            op_name = _OP_NAME.search(computations.get(called.group(1), ""))
-        labels[name] = op_name_label(op_name.group(1) if op_name else "", depth)
+    labels, pending, seen = {}, [entry.group(1)], set()
+    while pending:
+        for name, rest in _INSTRUCTION.findall(pending.pop()):
+            for nested in _RUNS.findall(rest):
+                if nested not in seen:
+                    seen.add(nested)
+                    pending.append(computations.get(nested, ""))
+            if _CONTROL_FLOW.search(rest):
+                continue
+            op_name = _OP_NAME.search(rest)
+            called = _CALLS.search(rest)
+            if op_name is None and called is not None:
+                op_name = _OP_NAME.search(computations.get(called.group(1), ""))
+            labels[name] = op_name_label(op_name.group(1) if op_name else "", depth)
     return labels
 
 

@@ -19,8 +19,9 @@ def config_to_dict(config) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-# Config sections that do not change what is trained: a resume may change them.
-RESUMABLE_SECTIONS = ("tracking",)
+# Top-level config keys that do not change what is trained: a resume may change them (a
+# workdir written before one of them existed resumes too).
+RESUMABLE_KEYS = ("tracking", "steps_per_call")
 
 
 def is_local(path: epath.PathLike) -> bool:
@@ -40,7 +41,7 @@ def prepare_workdir(workdir: epath.PathLike, config, write: bool) -> None:
     new = config_to_dict(config)
     if path.exists():
         old = json.loads(path.read_text())
-        diff = diff_configs(*({k: v for k, v in c.items() if k not in RESUMABLE_SECTIONS}
+        diff = diff_configs(*({k: v for k, v in c.items() if k not in RESUMABLE_KEYS}
                               for c in (old, new)))
         if diff:
             raise ValueError(f"{workdir!r} holds a run with a different config ({diff}); "

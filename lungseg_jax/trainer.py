@@ -8,6 +8,8 @@ Design:
 * Data parallelism is ``jit`` over a 1-D ``Mesh``: the batch on ``P('data')``,
   the train state replicated on ``P()``; BatchNorm statistics are global over
   the batch, so any device count gives the same numbers.
+* The host calls a jitted loop of up to ``config.steps_per_call`` steps at a time, cut
+  short where it has work to do (evaluation, checkpoints): the same steps, fewer calls.
 * Everything random derives from ``config.seed`` and the step, so a checkpoint's
   step is all the state a resume needs besides the arrays.
 """
@@ -149,10 +151,10 @@ def draw_batch(train_data: DeviceData, step, *, seed: int, batch_size: int,
     return train_data.images[picked], train_data.masks[picked]
 
 
-def make_train_step(config, mesh: Mesh, steps_per_epoch: int, learning_rate_fn):
-    """The jitted train step ``(state, train_data) -> (state, measurements)``.
+def train_step_fn(config, mesh: Mesh, steps_per_epoch: int, learning_rate_fn):
+    """One train step ``(state, train_data) -> (state, measurements)``, not jitted.
 
-    Draws and augments its own batch (see ``draw_batch``); the state is donated.
+    Draws and augments its own batch (see ``draw_batch``).
     """
     loss_fn = metrics.LOSSES[config.loss]
     aug_key = rng_streams(config.seed)[2]
@@ -181,8 +183,43 @@ def make_train_step(config, mesh: Mesh, steps_per_epoch: int, learning_rate_fn):
                         "learning_rate": learning_rate_fn(state.step)}
         return new_state, measurements
 
-    return jax.jit(train_step, donate_argnums=0, compiler_options=compiler_options(config, mesh),
+    return train_step
+
+
+def make_train_steps(config, mesh: Mesh, steps_per_epoch: int, learning_rate_fn):
+    """The jitted ``(state, train_data, num_steps) -> (state, measurements)``: ``num_steps``
+    train steps (1 to ``config.steps_per_call``) in one call, a loop on the device.
+
+    Each measurement is an array of ``config.steps_per_call`` values, one per step, of
+    which the first ``num_steps`` are filled. The state is donated. One compiled program
+    serves every ``num_steps``: the loop's trip count is an argument. On the CPU several
+    steps per call are faster than one (XLA maps a call's scratch space afresh, so each
+    call's first touch of it faults in zeroed pages; BENCHMARKS.md).
+    """
+    train_step = train_step_fn(config, mesh, steps_per_epoch, learning_rate_fn)
+    capacity = config.steps_per_call
+
+    def train_steps(state: TrainState, train_data: DeviceData, num_steps):
+        def one_step(i, carry):
+            state, measured = carry
+            state, measurements = train_step(state, train_data)
+            return state, {k: measured[k].at[i].set(v) for k, v in measurements.items()}
+
+        measured = {k: jnp.zeros(capacity, jnp.float32)
+                    for k in ("loss", "grad_norm", "learning_rate")}
+        return jax.lax.fori_loop(0, num_steps, one_step, (state, measured))
+
+    return jax.jit(train_steps, donate_argnums=0, compiler_options=compiler_options(config, mesh),
                    out_shardings=(replicated(mesh), replicated(mesh)))
+
+
+def steps_to_next_stop(step: int, total_steps: int, steps_per_epoch: int,
+                       checkpoint_every: int, snapshot_steps) -> int:
+    """Steps from ``step`` to the next one after which the host has work: an epoch's end
+    (evaluation), a checkpoint, a snapshot or the run's end."""
+    later = [s for s in snapshot_steps if s > step]
+    return min(steps_per_epoch - step % steps_per_epoch, checkpoint_every - step % checkpoint_every,
+               total_steps - step, *(s - step for s in later))
 
 
 def make_eval_step(config, mesh: Mesh):
@@ -217,21 +254,31 @@ def evaluate_arrays(eval_step, state, images: np.ndarray, masks: np.ndarray, bat
     return {"loss": float(losses.mean()), **metrics.summarize(counts)}
 
 
+class Measured(NamedTuple):
+    """One call of the train steps: how many steps it ran, and their measurements."""
+
+    num_steps: int
+    values: dict  # name -> array of config.steps_per_call, the first num_steps filled
+
+
 def check_finite(history: list, first_step: int) -> None:
-    """Raises FloatingPointError naming the first step whose loss or gradient is not finite."""
-    values = jax.device_get(history)
-    for offset, m in enumerate(values):
-        if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
-            raise FloatingPointError(
-                f"non-finite loss ({m['loss']}) or gradient norm ({m['grad_norm']}) at step "
-                f"{first_step + offset + 1}; the last finite checkpoint is kept as the latest")
+    """Raises FloatingPointError naming the first step whose loss or gradient is not finite
+    (``history``: ``Measured`` calls in order, the first starting after ``first_step``)."""
+    step = first_step
+    for num_steps, values in jax.device_get(history):
+        for loss, grad_norm in zip(values["loss"][:num_steps], values["grad_norm"][:num_steps]):
+            step += 1
+            if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+                raise FloatingPointError(
+                    f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step}; "
+                    f"the last finite checkpoint is kept as the latest")
 
 
 # ----------------------------------------------------------------------------- main loop
 
 
 class PreemptionGuard:
-    """Turns SIGTERM into a clean stop between steps.
+    """Turns SIGTERM into a clean stop between calls of the train steps.
 
     One process: a SIGTERM handler sets a flag. Several processes: JAX's preemption
     service (``jax.distributed``) agrees on a common step, read through orbax.
@@ -252,7 +299,7 @@ class PreemptionGuard:
 
     def _handle(self, signum, frame):
         del signum, frame
-        logging.warning("SIGTERM received: finishing this step and saving a checkpoint.")
+        logging.warning("SIGTERM received: saving a checkpoint after the steps in flight.")
         self.received = True
 
     def reached(self, step: int) -> bool:
@@ -311,7 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
 
     # Data on the device; compiled steps.
     train_data = put_replicated(DeviceData(train_images, train_masks), mesh)
-    train_step = make_train_step(config, mesh, steps_per_epoch, learning_rate_fn)
+    train_steps = make_train_steps(config, mesh, steps_per_epoch, learning_rate_fn)
     eval_step = make_eval_step(config, mesh)
 
     bar = progress.Progress(total_steps, start, config.batch_size, enabled=None if is_chief
@@ -319,18 +366,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     history, epoch_start_time = [], time.monotonic()
     try:
         with PreemptionGuard() as preemption:
-            for step in range(start, total_steps):
-                state, measurements = train_step(state, train_data)
-                history.append(measurements)
-                done = step + 1
+            done = start
+            while done < total_steps:
+                num_steps = min(config.steps_per_call, steps_to_next_stop(
+                    done, total_steps, steps_per_epoch, checkpoint_every, snapshot_steps))
+                state, measurements = train_steps(state, train_data, np.int32(num_steps))
+                history.append(Measured(num_steps, measurements))
+                done += num_steps
                 if bar.due():
-                    bar.draw(done, float(measurements["loss"]))
+                    bar.draw(done, float(measurements["loss"][num_steps - 1]))
                 at_epoch_end = done % steps_per_epoch == 0
                 should_save = (done % checkpoint_every == 0 or done in snapshot_steps
                                or done == total_steps)
                 stop = preemption.reached(done)
                 if at_epoch_end or should_save or stop:
-                    check_finite(history, first_step=done - len(history))
+                    check_finite(history, first_step=done - sum(m.num_steps for m in history))
                 if at_epoch_end:
                     record = epoch_record(state, history, steps_per_epoch, epoch_start_time,
                                           config)
@@ -362,12 +412,14 @@ def epoch_record(state: TrainState, history: list, steps_per_epoch: int, start_t
     """The epoch's metrics; the means come from the state's (checkpointed) epoch sums."""
     step = int(state.step)
     loss_sum, grad_norm_sum = jax.device_get(state.epoch_sums)
+    last = history[-1]
+    learning_rate = jax.device_get(last.values["learning_rate"])[last.num_steps - 1]
     seconds = time.monotonic() - start_time
     return {"step": step, "epoch": step // steps_per_epoch,
             "train_loss": float(loss_sum / steps_per_epoch),
             "grad_norm": float(grad_norm_sum / steps_per_epoch),
-            "learning_rate": float(jax.device_get(history[-1]["learning_rate"])),
-            "images_per_sec": len(history) * config.batch_size / seconds,
+            "learning_rate": float(learning_rate),
+            "images_per_sec": sum(m.num_steps for m in history) * config.batch_size / seconds,
             "epoch_seconds": seconds}
 
 

@@ -70,8 +70,8 @@ def check_config(config) -> None:
         value = functools.reduce(getattr, field.split("."), config)
         if not isinstance(value, int) or value < 0:
             _fail(field, value, "expected a non-negative integer")
-    for field in ("num_epochs", "batch_size", "eval_batch_size", "schedule.num_cycles",
-                  "checkpoint.keep_latest", "data.synthetic.size"):
+    for field in ("num_epochs", "batch_size", "eval_batch_size", "steps_per_call",
+                  "schedule.num_cycles", "checkpoint.keep_latest", "data.synthetic.size"):
         value = functools.reduce(getattr, field.split("."), config)
         if not isinstance(value, int) or value < 1:
             _fail(field, value, "expected a positive integer")

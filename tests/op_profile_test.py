@@ -44,6 +44,37 @@ def test_layer_labels_of_entry_instructions_fusions_by_their_root():
     }
 
 
+LOOP_HLO = """HloModule jit_steps
+
+%body.1 (s: f32[4]) -> f32[4] {
+  %s = f32[4]{0} parameter(0)
+  ROOT %conv.9 = f32[4]{0} add(%s, %s), metadata={op_name="jit(steps)/while/body/jvp(UNet)/Block_0/Conv_0/add"}
+}
+
+%cond.2 (c: f32[4]) -> pred[] {
+  %c = f32[4]{0} parameter(0)
+  ROOT %lt.1 = pred[] constant(true)
+}
+
+ENTRY %main (p: f32[4]) -> f32[4] {
+  %p = f32[4]{0} parameter(0)
+  ROOT %while.3 = f32[4]{0} while(%p), condition=%cond.2, body=%body.1, metadata={op_name="jit(steps)/while"}
+}
+"""
+
+
+def test_layer_labels_of_a_loop_are_its_body_s_not_the_loop_s():
+    """The train steps run in a loop: its body's operations are labelled, the loop itself
+    (whose time is its body's) is not."""
+    assert op_profile.layer_labels(LOOP_HLO) == {
+        "p": op_profile.UNRECORDED,
+        "conv.9": "Block_0 (forward)",
+        "s": op_profile.UNRECORDED,
+        "c": op_profile.UNRECORDED,
+        "lt.1": op_profile.UNRECORDED,
+    }
+
+
 def test_layer_labels_rejects_text_without_entry():
     with pytest.raises(ValueError, match="ENTRY"):
         op_profile.layer_labels("HloModule empty")

@@ -57,19 +57,25 @@ def test_crash_then_resume_matches_uninterrupted_run(finished_run, tmp_path,
 
 
 def test_sigterm_saves_mid_epoch_and_resume_matches(finished_run, tmp_path, monkeypatch):
+    """Stopped after a call of 3 steps (4 per epoch), resumed with 1 step per call: the
+    records equal those of the uninterrupted run with its 8 (steps_per_call does not
+    change what is trained)."""
     config, reference_dir, _ = finished_run
+    config = config.copy_and_resolve_references()
+    config.steps_per_call = 3
     workdir = str(tmp_path)
     real_append = rundir.append_metrics
 
     def append_then_sigterm(path, record):
         real_append(path, record)
-        os.kill(os.getpid(), signal.SIGTERM)  # seen by the loop at the next step
+        os.kill(os.getpid(), signal.SIGTERM)  # seen by the loop after its next call
 
     monkeypatch.setattr(rundir, "append_metrics", append_then_sigterm)
-    with pytest.raises(trainer.Preempted, match="step 5"):
+    with pytest.raises(trainer.Preempted, match="step 7"):
         trainer.train_and_evaluate(config, workdir)
-    assert checkpointing.create_manager(workdir, read_only=True).latest_step() == 5
+    assert checkpointing.create_manager(workdir, read_only=True).latest_step() == 7
     monkeypatch.setattr(rundir, "append_metrics", real_append)
+    config.steps_per_call = 1
     trainer.train_and_evaluate(config, workdir)
     # Epoch 2 straddles the stop; its record still equals the uninterrupted one.
     assert deterministic_metrics(workdir) == deterministic_metrics(reference_dir)
@@ -113,6 +119,29 @@ def test_one_and_two_devices_give_the_same_run(tiny_config, tmp_path):
     assert int(one.step) == int(two.step) == 4
 
 
+def test_steps_to_next_stop_ends_calls_where_the_host_has_work():
+    def stop(step, checkpoint_every=100, snapshots=()):
+        return trainer.steps_to_next_stop(step, total_steps=50, steps_per_epoch=12,
+                                          checkpoint_every=checkpoint_every,
+                                          snapshot_steps=snapshots)
+    assert stop(0) == 12 and stop(5) == 7 and stop(12) == 12  # epoch ends
+    assert stop(5, checkpoint_every=4) == 3  # checkpoints
+    assert stop(5, snapshots=(3, 9, 24)) == 4  # the next snapshot, not a past one
+    assert stop(49) == 1 and stop(48) == 2  # the run's end (48 is an epoch end too)
+
+
+def test_check_finite_names_the_step_inside_a_call():
+    nan = float("nan")
+    history = [trainer.Measured(3, {"loss": np.array([1.0, 1.0, 1.0, nan]),
+                                    "grad_norm": np.ones(4)}),
+               trainer.Measured(2, {"loss": np.ones(4),
+                                    "grad_norm": np.array([1.0, np.inf, 1.0, 1.0])})]
+    with pytest.raises(FloatingPointError, match="gradient norm \\(inf\\) at step 15;"):
+        trainer.check_finite(history, first_step=10)
+    # Values past a call's num_steps were never written: not checked.
+    trainer.check_finite(history[:1], first_step=10)
+
+
 def test_cpu_options_memory_scheduler_only_for_large_batches(tiny_config):
     mesh = trainer.create_mesh()  # two CPU devices (conftest)
     both = {**trainer.CPU_CODEGEN, **trainer.CPU_MEMORY_SCHEDULER}
@@ -136,8 +165,8 @@ def test_train_step_compiles_with_the_memory_scheduler(tiny_config, monkeypatch)
     shape = (8, tiny_config.data.image_size, tiny_config.data.image_size, 1)
     train_data = trainer.put_replicated(
         trainer.DeviceData(np.zeros(shape, np.float32), np.zeros(shape, np.float32)), mesh)
-    step = trainer.make_train_step(tiny_config, mesh, 2, learning_rate_fn)
-    lowered = step.lower(state, train_data)
+    steps = trainer.make_train_steps(tiny_config, mesh, 2, learning_rate_fn)
+    lowered = steps.lower(state, train_data, np.int32(1))
     ours = lowered.compile().memory_analysis().temp_size_in_bytes
     default = lowered.compile(compiler_options={
         "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_DEFAULT"}).memory_analysis()

@@ -35,6 +35,7 @@ def train_cli(workdir, *overrides):
     ("data.split_seed", -3, "config.data.split_seed=-3"),
     ("checkpoint.every_steps", -1, "config.checkpoint.every_steps=-1"),
     ("checkpoint.keep_latest", 0, "config.checkpoint.keep_latest=0"),
+    ("steps_per_call", 0, "config.steps_per_call=0 is invalid: expected a positive integer"),
     ("data.synthetic.size", 0, "config.data.synthetic.size=0"),
     ("data.synthetic.num_images", 1, "config.data.synthetic.num_images=1"),
     ("num_epochs", -1, "config.num_epochs=-1 is invalid: expected a positive integer"),
