@@ -8,8 +8,10 @@
 Machines here are shared and noisy, so the two run alternately, round after round,
 and each round's ratio ours/theirs is taken against the best torch variant of that
 same round (eager NCHW, eager channels_last, and torch.compile with --compile); the
-table reports the median ratio. Peak memory (max resident set size, from
-``/usr/bin/time -v``) is compared on one step at ``--memory_size``.
+table reports the median ratio. ``--steps`` timed steps on both sides (ours rounded up to
+whole calls of ``config.steps_per_call`` steps). Peak memory (max resident set size, from
+``/usr/bin/time -v``) is compared on a short run at ``--memory_size`` (ours: one call of
+the train steps; the peer: 2 warm-up and 2 timed steps).
 Prints one JSON line per case and a markdown table for BENCHMARKS.md.
 """
 
@@ -37,9 +39,10 @@ def run_json(command, case=None):
     return result, rss_kb / 1024
 
 
-def ours(model, size, steps):
+def ours(model, size, steps, warmup=3):
     return run_json([sys.executable, "-m", "lungseg_jax.bench", f"--model={model}",
-                     f"--image_size={size}", f"--steps={steps}"], case="train_step")
+                     f"--image_size={size}", f"--steps={steps}", f"--warmup={warmup}"],
+                    case="train_step")
 
 
 def theirs(args, model, size, steps, variant):
@@ -96,7 +99,7 @@ def main():
         print("\n| model | size | ours peak RSS MB | torch (eager NCHW) peak RSS MB |\n"
               "|---|---|---|---|")
         for model in sorted({c.split(':')[0] for c in args.cases.split(",")}):
-            _, our_mb = ours(model, args.memory_size, 2)
+            _, our_mb = ours(model, args.memory_size, 2, warmup=0)
             _, their_mb = theirs(args, model, args.memory_size, 2, ("eager", 0))
             print(json.dumps({"case": "peak_memory", "model": model,
                               "image_size": args.memory_size, "ours_mb": our_mb,

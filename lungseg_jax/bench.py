@@ -9,7 +9,8 @@ Prints one JSON line per case and then a table:
   trace and lower the step (Python; paid on every start), XLA's cold compile time
   (empty persistent cache), XLA's compile time from the persistent cache (in the same
   process, after ``jax.clear_caches``), images/s (median call after warm-up, each timed
-  with ``block_until_ready``, over its steps; ``step_ms_median`` per step), achieved GFLOP/s from the analytical FLOP count (3x
+  with ``block_until_ready``, divided by its steps; ``--steps`` and ``--warmup`` count
+  steps, rounded up to whole calls), achieved GFLOP/s from the analytical FLOP count (3x
   the forward convolutions, the peer's convention), XLA's own FLOP and byte counts (the
   bytes give the achieved memory bandwidth), and memory (XLA's buffer plan, the
   process' peak resident set, and the accelerator's peak where it reports one).
@@ -60,9 +61,10 @@ flags.DEFINE_integer("image_size", 128, "Square image size.")
 flags.DEFINE_integer("batch_size", 4, "Global batch size.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_integer("channels", 3, "Input channels (3 as the peer benchmark).")
-flags.DEFINE_integer("steps", 20, "Timed calls of the train steps (each runs "
+flags.DEFINE_integer("steps", 20, "Timed steps (rounded up to whole calls of "
                      "config.steps_per_call steps).", lower_bound=1)
-flags.DEFINE_integer("warmup", 3, "Untimed calls after compilation.", lower_bound=0)
+flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation (rounded up to whole "
+                     "calls).", lower_bound=0)
 flags.DEFINE_integer("num_images", 32, "Resident training images to draw batches from "
                      "(at least --batch_size).", lower_bound=1)
 flags.DEFINE_integer("profile_runs", 0, "Calls to profile per layer (CPU only; 0: none).",
@@ -183,13 +185,16 @@ def run_benchmark(config, steps: int, warmup: int, num_images: int, profile_runs
         state, measurements = compiled(state, data, per_call)
         jax.block_until_ready(measurements)
 
-    step_s = median_seconds(one_call, steps, warmup) / config.steps_per_call
+    per = config.steps_per_call
+    timed_calls, warmup_calls = -(-steps // per), -(-warmup // per)  # whole calls
+    step_s = median_seconds(one_call, timed_calls, warmup_calls) / per
     flops = 3 * forward_conv_flops(model, size, channels) * batch
     common = {"model": config.model.name, "image_size": size, "batch_size": batch,
               "dtype": config.model.dtype, "devices": mesh.size,
               "platform": platform, "jax": jax.__version__, "host_cpu": runtime.host_cpu()}
     train = {"case": "train_step", **common, "images_per_sec": round(batch / step_s, 3),
-             "step_ms_median": round(1e3 * step_s, 2), "steps_per_call": config.steps_per_call,
+             "step_ms_median": round(1e3 * step_s, 2), "steps_per_call": per,
+             "timed_steps": timed_calls * per,
              "trace_lower_s": round(trace_lower_s, 2),
              "compile_cold_s": round(cold_s, 2), "compile_cached_s": round(cached_s, 2),
              "analytical_gflop_per_step": round(flops / 1e9, 3),
