@@ -22,6 +22,13 @@ convolutions of medium-sized images ran at half the CPU's matrix-product speed
 gradient agrees to float tolerance (``tests/conv_test.py``). Being a ``custom_vjp``, it
 supports reverse-mode differentiation only (``jax.grad``, not ``jax.jvp``).
 
+XLA's own gradients are written as convolutions in XLA:CPU's canonical form (NHWC input,
+HWIO kernel: ``input_grad_conv``, ``weight_grad_conv``), not left to autodiff, whose
+transposed forms XLA:CPU rewrites into that form only at the top level of a program
+(its ``ConvCanonicalization`` pass): inside a loop (the trainer's ``steps_per_call`` steps
+per call) they became generic loops, and the conv U-Net's step took 844 ms instead of
+104 (BENCHMARKS.md, ninth session).
+
 ``Conv`` is the models' layer: ``nn.Conv``'s parameters, applied to the channel
 concatenation of its inputs without building it (``models``: the U-Net decoder's
 upsampled path and skip connection), the upsampled one without building it either

@@ -281,7 +281,10 @@ class PreemptionGuard:
     """Turns SIGTERM into a clean stop between calls of the train steps.
 
     One process: a SIGTERM handler sets a flag. Several processes: JAX's preemption
-    service (``jax.distributed``) agrees on a common step, read through orbax.
+    service (``jax.distributed``) agrees on a common call, read through orbax; it stops
+    where a process's counter equals the largest any process reported plus one, so
+    ``reached`` takes the number of calls made so far, not the step, which advances by up
+    to ``steps_per_call`` per call.
     """
 
     def __init__(self):
@@ -302,9 +305,9 @@ class PreemptionGuard:
         logging.warning("SIGTERM received: saving a checkpoint after the steps in flight.")
         self.received = True
 
-    def reached(self, step: int) -> bool:
+    def reached(self, call_index: int) -> bool:
         if jax.process_count() > 1:
-            return ocp_multihost.reached_preemption(step)
+            return ocp_multihost.reached_preemption(call_index)
         return self.received
 
 
@@ -366,19 +369,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     history, epoch_start_time = [], time.monotonic()
     try:
         with PreemptionGuard() as preemption:
-            done = start
+            done, calls = start, 0
             while done < total_steps:
                 num_steps = min(config.steps_per_call, steps_to_next_stop(
                     done, total_steps, steps_per_epoch, checkpoint_every, snapshot_steps))
                 state, measurements = train_steps(state, train_data, np.int32(num_steps))
                 history.append(Measured(num_steps, measurements))
-                done += num_steps
+                done, calls = done + num_steps, calls + 1
                 if bar.due():
                     bar.draw(done, float(measurements["loss"][num_steps - 1]))
                 at_epoch_end = done % steps_per_epoch == 0
                 should_save = (done % checkpoint_every == 0 or done in snapshot_steps
                                or done == total_steps)
-                stop = preemption.reached(done)
+                stop = preemption.reached(calls)
                 if at_epoch_end or should_save or stop:
                     check_finite(history, first_step=done - sum(m.num_steps for m in history))
                 if at_epoch_end:

@@ -1,9 +1,12 @@
 """Multi-process training: two processes (one CPU device each, over 127.0.0.1) vs one with two."""
 
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -90,6 +93,43 @@ def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
     (step_a, probs_a), (step_b, probs_b) = final_predictions(multi), final_predictions(single)
     assert step_a == step_b == 8
     np.testing.assert_allclose(probs_a, probs_b, atol=1e-4)
+
+
+def test_sigterm_stops_both_processes_after_the_same_call(tmp_path):
+    """JAX's preemption service picks the call at which every process stops (one past the
+    furthest call any process had reached), so the trainer counts calls, not steps: with
+    several steps per call a step-numbered sync point could be skipped over."""
+    workdir, address = tmp_path / "run", f"127.0.0.1:{free_port()}"
+    logs = [tmp_path / f"process{i}.log" for i in range(2)]
+    procs = []
+    try:
+        for i, log in enumerate(logs):
+            with open(log, "w") as out:
+                procs.append(subprocess.Popen(
+                    train_command(workdir, f"--coordinator_address={address}",
+                                  "--num_processes=2", f"--process_id={i}",
+                                  "--config.num_epochs=1000", "--config.steps_per_call=3"),
+                    cwd=REPO, env=cpu_env(1), stdout=out, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + TIMEOUT_S
+        while "epoch 2/1000" not in logs[0].read_text():  # training, past an epoch's end
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+                logs[0].read_text()[-3000:]
+            time.sleep(0.05)
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        statuses = [proc.wait(timeout=TIMEOUT_S) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    outputs = [log.read_text() for log in logs]
+    assert statuses == [143, 143], outputs[0][-3000:] + outputs[1][-3000:]
+    stopped = [int(re.search(r"stopped at step (\d+) on SIGTERM", out).group(1))
+               for out in outputs]
+    assert stopped[0] == stopped[1] >= 8
+    manager = checkpointing.create_manager(str(workdir), read_only=True)
+    assert manager.latest_step() == stopped[0]
 
 
 @pytest.mark.parametrize("settings, environ, expected", [
