@@ -377,7 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                 history.append(Measured(num_steps, measurements))
                 done, calls = done + num_steps, calls + 1
                 if bar.due():
-                    bar.draw(done, float(measurements["loss"][num_steps - 1]))
+                    bar.draw(done, float(jax.device_get(measurements["loss"])[num_steps - 1]))
                 at_epoch_end = done % steps_per_epoch == 0
                 should_save = (done % checkpoint_every == 0 or done in snapshot_steps
                                or done == total_steps)
