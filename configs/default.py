@@ -51,7 +51,7 @@ def get_config():
     config.data.synthetic.size = 128
     config.data.synthetic.seed = 1234
 
-    # The study's augmentation, applied inside the jitted step.
+    # The study's augmentation, applied inside the train step (on the device).
     config.augment = ml_collections.ConfigDict()
     config.augment.enabled = True
     config.augment.flip = True  # random horizontal and vertical flips

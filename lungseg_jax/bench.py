@@ -10,10 +10,11 @@ Prints one JSON line per case and then a table:
   (empty persistent cache), XLA's compile time from the persistent cache (in the same
   process, after ``jax.clear_caches``), images/s (median call after warm-up, each timed
   with ``block_until_ready``, divided by its steps; ``--steps`` and ``--warmup`` count
-  steps, rounded up to whole calls), achieved GFLOP/s from the analytical FLOP count (3x
-  the forward convolutions, the peer's convention), XLA's own FLOP and byte counts (the
-  bytes give the achieved memory bandwidth), and memory (XLA's buffer plan, the
-  process' peak resident set, and the accelerator's peak where it reports one).
+  steps, rounded up to whole calls, at least ``MIN_TIMED_CALLS`` timed), achieved
+  GFLOP/s from the analytical FLOP count (3x the forward convolutions, the peer's
+  convention), XLA's own FLOP and byte counts of one step (the bytes give the achieved
+  memory bandwidth), and memory (XLA's buffer plan, the process' peak resident set, and
+  the accelerator's peak where it reports one).
 * ``"case": "input_path"``: images/s of drawing and augmenting batches alone
   (``INPUT_BATCHES_PER_CALL`` per jitted call, each written out and reduced to a
   checksum), and the ratio to the train step's consumption.
@@ -49,6 +50,8 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 # too (0.165 ms for an empty one on an H200, about a quarter of the path's 0.62 ms at
 # 512x512).
 INPUT_BATCHES_PER_CALL = 8
+# The train steps are timed over at least this many calls (the median of fewer is noise).
+MIN_TIMED_CALLS = 5
 # Config fields that bench's own flags set (``--config.<field>`` may not set them).
 FLAG_OWNED_FIELDS = {"model.name": "model", "model.dtype": "dtype",
                      "data.image_size": "image_size", "data.channels": "channels",
@@ -62,7 +65,7 @@ flags.DEFINE_integer("batch_size", 4, "Global batch size.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_integer("channels", 3, "Input channels (3 as the peer benchmark).")
 flags.DEFINE_integer("steps", 20, "Timed steps (rounded up to whole calls of "
-                     "config.steps_per_call steps).", lower_bound=1)
+                     "config.steps_per_call steps, at least MIN_TIMED_CALLS).", lower_bound=1)
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation (rounded up to whole "
                      "calls).", lower_bound=0)
 flags.DEFINE_integer("num_images", 32, "Resident training images to draw batches from "
@@ -134,11 +137,11 @@ def device_peak_mb() -> float | None:
     return None if peak is None else round(peak / 2**20, 1)
 
 
-def median_seconds(run_once, steps: int, warmup: int) -> float:
-    for _ in range(warmup):
+def median_seconds(run_once, runs: int, warmup_runs: int) -> float:
+    for _ in range(warmup_runs):
         run_once()
     times = []
-    for _ in range(steps):
+    for _ in range(runs):
         start = time.perf_counter()
         run_once()
         times.append(time.perf_counter() - start)
@@ -177,6 +180,7 @@ def run_benchmark(config, steps: int, warmup: int, num_images: int, profile_runs
     _, cached_s = timed(lowered.compile)
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis() or {}
+    # XLA counts a loop's body once when its trip count is not a constant: one step.
     xla_flops = cost.get("flops", float("nan"))
     xla_bytes = cost.get("bytes accessed", float("nan"))
 
@@ -186,7 +190,8 @@ def run_benchmark(config, steps: int, warmup: int, num_images: int, profile_runs
         jax.block_until_ready(measurements)
 
     per = config.steps_per_call
-    timed_calls, warmup_calls = -(-steps // per), -(-warmup // per)  # whole calls
+    timed_calls = max(-(-steps // per), MIN_TIMED_CALLS)  # whole calls
+    warmup_calls = -(-warmup // per)
     step_s = median_seconds(one_call, timed_calls, warmup_calls) / per
     flops = 3 * forward_conv_flops(model, size, channels) * batch
     common = {"model": config.model.name, "image_size": size, "batch_size": batch,
@@ -273,7 +278,7 @@ def format_table(results: list) -> str:
             ("input path", f"{inputs['images_per_sec']:.1f} img/s "
                            f"({inputs['ratio_to_train_step']:.0f}x the step's consumption)")]
     for profile in results[2:]:
-        rows.append(("per layer", f"ms per step, mean of {profile['runs']} profiled steps "
+        rows.append(("per layer", f"ms per step, mean of {profile['runs']} profiled calls "
                                   f"(layers overlap: they sum to more than the step)"))
         rows += [(f"{layer['ms']:9.2f}", layer["layer"]) for layer in profile["layers"]]
     return "\n".join(f"{name:<12} {value}" for name, value in rows)

@@ -56,7 +56,7 @@ def layer_labels(hlo_text: str, depth: int = 1) -> dict:
     runs (a loop's body: the train steps run in one), except the control-flow
     instructions themselves, whose time is their body's. An instruction's label comes from
     its own ``op_name``, else from that of the computation it calls (a fusion's root
-    carries it)."""
+    carries it). A ``call`` or ``conditional`` counts as a whole, under its own label."""
     computations = {name: body for name, body in _COMPUTATION.findall(hlo_text)}
     entry = re.search(r"^ENTRY [^\n]*\{\n(.*?)\n\}", hlo_text, re.M | re.S)
     if entry is None:

@@ -2,7 +2,7 @@
 
 Design:
 * The whole (small) training set lives on the device, replicated over the mesh.
-  Each jitted step draws its batch from a per-epoch permutation that is a pure
+  Each train step draws its batch from a per-epoch permutation that is a pure
   function of (seed, epoch), augments it, and shards it over the ``data`` axis,
   so no host pipeline stands between steps and a resumed run sees the same batches.
 * Data parallelism is ``jit`` over a 1-D ``Mesh``: the batch on ``P('data')``,
@@ -36,6 +36,7 @@ from lungseg_jax import (augment, checkpointing, data, metrics, models, progress
 from lungseg_jax.validation import check_config, check_mesh
 
 ADAM_EPS = 1e-7  # Keras' Adam epsilon, as in the study
+MEASUREMENTS = ("loss", "grad_norm", "learning_rate")  # a train step's, per step
 
 
 class TrainState(train_state.TrainState):
@@ -179,8 +180,8 @@ def train_step_fn(config, mesh: Mesh, steps_per_epoch: int, learning_rate_fn):
         epoch_sums = jnp.where(first_of_epoch, 0.0, state.epoch_sums) + jnp.stack([loss, grad_norm])
         new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats,
                                           epoch_sums=epoch_sums)
-        measurements = {"loss": loss, "grad_norm": grad_norm,
-                        "learning_rate": learning_rate_fn(state.step)}
+        learning_rate = learning_rate_fn(state.step)
+        measurements = dict(zip(MEASUREMENTS, (loss, grad_norm, learning_rate)))
         return new_state, measurements
 
     return train_step
@@ -188,13 +189,14 @@ def train_step_fn(config, mesh: Mesh, steps_per_epoch: int, learning_rate_fn):
 
 def make_train_steps(config, mesh: Mesh, steps_per_epoch: int, learning_rate_fn):
     """The jitted ``(state, train_data, num_steps) -> (state, measurements)``: ``num_steps``
-    train steps (1 to ``config.steps_per_call``) in one call, a loop on the device.
+    train steps (1 to ``config.steps_per_call``, no more: the measurements have no room)
+    in one call, a loop on the device.
 
-    Each measurement is an array of ``config.steps_per_call`` values, one per step, of
-    which the first ``num_steps`` are filled. The state is donated. One compiled program
-    serves every ``num_steps``: the loop's trip count is an argument. On the CPU several
-    steps per call are faster than one (XLA maps a call's scratch space afresh, so each
-    call's first touch of it faults in zeroed pages; BENCHMARKS.md).
+    Each measurement (``MEASUREMENTS``) is an array of ``config.steps_per_call`` values,
+    one per step, of which the first ``num_steps`` are filled. The state is donated. One
+    compiled program serves every ``num_steps``: the loop's trip count is an argument. On
+    the CPU several steps per call are faster than one (XLA maps a call's scratch space
+    afresh, so each call's first touch of it faults in zeroed pages; BENCHMARKS.md).
     """
     train_step = train_step_fn(config, mesh, steps_per_epoch, learning_rate_fn)
     capacity = config.steps_per_call
@@ -205,8 +207,7 @@ def make_train_steps(config, mesh: Mesh, steps_per_epoch: int, learning_rate_fn)
             state, measurements = train_step(state, train_data)
             return state, {k: measured[k].at[i].set(v) for k, v in measurements.items()}
 
-        measured = {k: jnp.zeros(capacity, jnp.float32)
-                    for k in ("loss", "grad_norm", "learning_rate")}
+        measured = {k: jnp.zeros(capacity, jnp.float32) for k in MEASUREMENTS}
         return jax.lax.fori_loop(0, num_steps, one_step, (state, measured))
 
     return jax.jit(train_steps, donate_argnums=0, compiler_options=compiler_options(config, mesh),
@@ -261,6 +262,11 @@ class Measured(NamedTuple):
     values: dict  # name -> array of config.steps_per_call, the first num_steps filled
 
 
+def steps_in(history: list) -> int:
+    """Train steps run by the ``Measured`` calls of ``history``."""
+    return sum(m.num_steps for m in history)
+
+
 def check_finite(history: list, first_step: int) -> None:
     """Raises FloatingPointError naming the first step whose loss or gradient is not finite
     (``history``: ``Measured`` calls in order, the first starting after ``first_step``)."""
@@ -281,10 +287,10 @@ class PreemptionGuard:
     """Turns SIGTERM into a clean stop between calls of the train steps.
 
     One process: a SIGTERM handler sets a flag. Several processes: JAX's preemption
-    service (``jax.distributed``) agrees on a common call, read through orbax; it stops
-    where a process's counter equals the largest any process reported plus one, so
-    ``reached`` takes the number of calls made so far, not the step, which advances by up
-    to ``steps_per_call`` per call.
+    service (``jax.distributed``), read through orbax, picks the step after the furthest
+    one any process has reported (orbax's saves report theirs too) and answers true for
+    exactly that step, so ``reached`` reports every step of a call, not only its last:
+    all processes then stop after the same call.
     """
 
     def __init__(self):
@@ -305,9 +311,10 @@ class PreemptionGuard:
         logging.warning("SIGTERM received: saving a checkpoint after the steps in flight.")
         self.received = True
 
-    def reached(self, call_index: int) -> bool:
+    def reached(self, steps: range) -> bool:
+        """Whether to stop after the call that ran ``steps``."""
         if jax.process_count() > 1:
-            return ocp_multihost.reached_preemption(call_index)
+            return any([ocp_multihost.reached_preemption(step) for step in steps])
         return self.received
 
 
@@ -369,21 +376,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     history, epoch_start_time = [], time.monotonic()
     try:
         with PreemptionGuard() as preemption:
-            done, calls = start, 0
+            done = start
             while done < total_steps:
                 num_steps = min(config.steps_per_call, steps_to_next_stop(
                     done, total_steps, steps_per_epoch, checkpoint_every, snapshot_steps))
                 state, measurements = train_steps(state, train_data, np.int32(num_steps))
                 history.append(Measured(num_steps, measurements))
-                done, calls = done + num_steps, calls + 1
+                done += num_steps
                 if bar.due():
                     bar.draw(done, float(jax.device_get(measurements["loss"])[num_steps - 1]))
                 at_epoch_end = done % steps_per_epoch == 0
                 should_save = (done % checkpoint_every == 0 or done in snapshot_steps
                                or done == total_steps)
-                stop = preemption.reached(calls)
+                stop = preemption.reached(range(done - num_steps + 1, done + 1))
                 if at_epoch_end or should_save or stop:
-                    check_finite(history, first_step=done - sum(m.num_steps for m in history))
+                    check_finite(history, first_step=done - steps_in(history))
                 if at_epoch_end:
                     record = epoch_record(state, history, steps_per_epoch, epoch_start_time,
                                           config)
@@ -422,7 +429,7 @@ def epoch_record(state: TrainState, history: list, steps_per_epoch: int, start_t
             "train_loss": float(loss_sum / steps_per_epoch),
             "grad_norm": float(grad_norm_sum / steps_per_epoch),
             "learning_rate": float(learning_rate),
-            "images_per_sec": sum(m.num_steps for m in history) * config.batch_size / seconds,
+            "images_per_sec": steps_in(history) * config.batch_size / seconds,
             "epoch_seconds": seconds}
 
 

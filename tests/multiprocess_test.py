@@ -96,9 +96,9 @@ def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
 
 
 def test_sigterm_stops_both_processes_after_the_same_call(tmp_path):
-    """JAX's preemption service picks the call at which every process stops (one past the
-    furthest call any process had reached), so the trainer counts calls, not steps: with
-    several steps per call a step-numbered sync point could be skipped over."""
+    """JAX's preemption service picks the step at which every process stops (one past the
+    furthest any process reported) and answers true for that step only; with several
+    steps per call the trainer reports each of them, so no process runs past it."""
     workdir, address = tmp_path / "run", f"127.0.0.1:{free_port()}"
     logs = [tmp_path / f"process{i}.log" for i in range(2)]
     procs = []

@@ -6,6 +6,9 @@ import re
 from lungseg_jax import progress, trainer
 
 
+REAL_PROGRESS = progress.Progress
+
+
 class Terminal(io.StringIO):
     def isatty(self):
         return True
@@ -36,16 +39,23 @@ def test_silent_off_a_terminal():
     assert out.getvalue() == ""
 
 
-def test_training_draws_the_last_step_of_each_call(tiny_config, tmp_path, monkeypatch):
+def drawn_losses(config, workdir, monkeypatch) -> dict:
+    """{step: loss} as the progress display drew them during a run, on a terminal."""
     out = Terminal()
-    real = progress.Progress
 
     def on_terminal(*args, **kwargs):
-        return real(*args, **{**kwargs, "stream": out, "interval": 0.0, "enabled": True})
+        return REAL_PROGRESS(*args, **{**kwargs, "stream": out, "interval": 0.0, "enabled": True})
 
     monkeypatch.setattr(progress, "Progress", on_terminal)
+    trainer.train_and_evaluate(config, workdir)
+    return {int(step): loss for step, loss in
+            re.findall(r"step (\d+)/8 \[[#.]+\] loss (\d+\.\d+)", out.getvalue())}
+
+
+def test_training_draws_the_last_step_of_each_call(tiny_config, tmp_path, monkeypatch):
+    tiny_config.steps_per_call = 1
+    every_step = drawn_losses(tiny_config, str(tmp_path / "one"), monkeypatch)
+    assert sorted(every_step) == list(range(1, 9))
     tiny_config.steps_per_call = 3  # 4 steps per epoch: calls of 3 and 1 steps
-    trainer.train_and_evaluate(tiny_config, str(tmp_path))
-    drawn = re.findall(r"step (\d+)/8 \[[#.]+\] loss (\d+\.\d+)", out.getvalue())
-    assert [int(step) for step, _ in drawn] == [3, 4, 7, 8]
-    assert all(float(loss) > 0 for _, loss in drawn)
+    per_call = drawn_losses(tiny_config, str(tmp_path / "three"), monkeypatch)
+    assert per_call == {step: every_step[step] for step in (3, 4, 7, 8)}

@@ -60,7 +60,7 @@ def test_sigterm_saves_mid_epoch_and_resume_matches(finished_run, tmp_path, monk
     """Stopped after a call of 3 steps (4 per epoch), resumed with 1 step per call: the
     records equal those of the uninterrupted run with its 8 (steps_per_call does not
     change what is trained)."""
-    config, reference_dir, _ = finished_run
+    config, reference_dir, reference = finished_run
     config = config.copy_and_resolve_references()
     config.steps_per_call = 3
     workdir = str(tmp_path)
@@ -76,9 +76,11 @@ def test_sigterm_saves_mid_epoch_and_resume_matches(finished_run, tmp_path, monk
     assert checkpointing.create_manager(workdir, read_only=True).latest_step() == 7
     monkeypatch.setattr(rundir, "append_metrics", real_append)
     config.steps_per_call = 1
-    trainer.train_and_evaluate(config, workdir)
+    resumed = trainer.train_and_evaluate(config, workdir)
     # Epoch 2 straddles the stop; its record still equals the uninterrupted one.
     assert deterministic_metrics(workdir) == deterministic_metrics(reference_dir)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed.params),
+                 jax.device_get(reference.params))
 
 
 def test_finished_run_returns_at_once(finished_run, caplog):
@@ -140,6 +142,23 @@ def test_check_finite_names_the_step_inside_a_call():
         trainer.check_finite(history, first_step=10)
     # Values past a call's num_steps were never written: not checked.
     trainer.check_finite(history[:1], first_step=10)
+
+
+def test_preemption_on_several_hosts_reports_every_step_of_a_call(monkeypatch):
+    """JAX's service answers true for exactly one step (after the furthest any process
+    reported); a call that ran past it must still stop, and every step is reported."""
+    reported = []
+
+    def reached_preemption(step):
+        reported.append(step)
+        return step == 5
+
+    monkeypatch.setattr(trainer.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(trainer.ocp_multihost, "reached_preemption", reached_preemption)
+    guard = trainer.PreemptionGuard()
+    assert not guard.reached(range(1, 4))
+    assert guard.reached(range(4, 7))
+    assert reported == [1, 2, 3, 4, 5, 6]
 
 
 def test_cpu_options_memory_scheduler_only_for_large_batches(tiny_config):
