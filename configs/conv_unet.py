@@ -17,7 +17,9 @@ speed changes, on a quiet machine of the same kind: 60 epochs in 15.7 min, the s
 IoUs within 0.001. Re-run 2026-11-27 on a 2-core Zen 4 (AVX-512) machine after that
 day's changes: 6.0 min; pooled IoU 0.948 (0.948 chosen, 0.971 without the slice).
 Later that day, with Winograd convolutions on the CPU (``lungseg_jax/winograd.py``):
-5.4 min; pooled IoU 0.947 (0.948 chosen, 0.971 without the slice).
+5.4 min; pooled IoU 0.947 (0.948 chosen, 0.971 without the slice). 2026-11-27, eight
+train steps per call (``config.steps_per_call``): 4.9 min for training and evaluation
+together; pooled IoU 0.9471 final, 0.9483 chosen (final+tta+pp), as before.
 
 At the study's 512x512 (``--config.data.image_size=512``), measured 2026-11-26 on one
 NVIDIA H200 (three runs sharing it): 60 epochs in 1.3 min; pooled IoU 0.929, 0.952 with
