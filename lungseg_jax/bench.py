@@ -171,12 +171,13 @@ def run_benchmark(config, steps: int, warmup: int, num_images: int, profile_runs
     tx, learning_rate_fn = trainer.create_optimizer(config, total_steps=10_000)
     state = trainer.create_train_state(config, model, tx, mesh)
     train_steps = trainer.make_train_steps(config, mesh, steps_per_epoch, learning_rate_fn)
-    per_call = np.int32(config.steps_per_call)
+    per_call = config.steps_per_call
+    num_steps = np.int32(per_call)
 
-    lowered, trace_lower_s = timed(train_steps.lower, state, data, per_call)
+    lowered, trace_lower_s = timed(train_steps.lower, state, data, num_steps)
     compiled, cold_s = timed(lowered.compile)
     jax.clear_caches()
-    lowered = train_steps.lower(state, data, per_call)
+    lowered = train_steps.lower(state, data, num_steps)
     _, cached_s = timed(lowered.compile)
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis() or {}
@@ -186,20 +187,19 @@ def run_benchmark(config, steps: int, warmup: int, num_images: int, profile_runs
 
     def one_call():
         nonlocal state
-        state, measurements = compiled(state, data, per_call)
+        state, measurements = compiled(state, data, num_steps)
         jax.block_until_ready(measurements)
 
-    per = config.steps_per_call
-    timed_calls = max(-(-steps // per), MIN_TIMED_CALLS)  # whole calls
-    warmup_calls = -(-warmup // per)
-    step_s = median_seconds(one_call, timed_calls, warmup_calls) / per
+    timed_calls = max(-(-steps // per_call), MIN_TIMED_CALLS)  # whole calls
+    warmup_calls = -(-warmup // per_call)
+    step_s = median_seconds(one_call, timed_calls, warmup_calls) / per_call
     flops = 3 * forward_conv_flops(model, size, channels) * batch
     common = {"model": config.model.name, "image_size": size, "batch_size": batch,
               "dtype": config.model.dtype, "devices": mesh.size,
               "platform": platform, "jax": jax.__version__, "host_cpu": runtime.host_cpu()}
     train = {"case": "train_step", **common, "images_per_sec": round(batch / step_s, 3),
-             "step_ms_median": round(1e3 * step_s, 2), "steps_per_call": per,
-             "timed_steps": timed_calls * per,
+             "step_ms_median": round(1e3 * step_s, 2), "steps_per_call": per_call,
+             "timed_steps": timed_calls * per_call,
              "trace_lower_s": round(trace_lower_s, 2),
              "compile_cold_s": round(cold_s, 2), "compile_cached_s": round(cached_s, 2),
              "analytical_gflop_per_step": round(flops / 1e9, 3),
@@ -242,7 +242,7 @@ def run_benchmark(config, steps: int, warmup: int, num_images: int, profile_runs
         return [train, inputs]
     layers = op_profile.layer_times(compiled, one_call, profile_runs, profile_depth)
     profile = {"case": "step_profile", **common, "runs": profile_runs,
-               "layers": [{"layer": label, "ms": round(1e3 * s / config.steps_per_call, 2)}
+               "layers": [{"layer": label, "ms": round(1e3 * s / per_call, 2)}
                           for label, s in layers]}
     return [train, inputs, profile]
 
