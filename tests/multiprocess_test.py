@@ -1,5 +1,6 @@
 """Multi-process training: two processes (one CPU device each, over 127.0.0.1) vs one with two."""
 
+import contextlib
 import os
 import re
 import signal
@@ -37,23 +38,31 @@ def train_command(workdir, *flags):
             f"--workdir={workdir}", *TINY_FLAGS, *flags]
 
 
-def run_processes(commands, env, log_prefix):
-    """Runs ``commands`` concurrently; returns their logs. All are killed on failure or timeout."""
-    logs = [log_prefix.with_name(f"{log_prefix.name}{i}.log") for i in range(len(commands))]
+@contextlib.contextmanager
+def started(commands, env, logs):
+    """``commands`` running concurrently, each writing to its log; any still running on
+    leaving (a failure, a timeout) are killed."""
     procs = []
     try:
         for command, log in zip(commands, logs):
             with open(log, "w") as out:
                 procs.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=out,
                                               stderr=subprocess.STDOUT))
-        for proc, log in zip(procs, logs):
-            rc = proc.wait(timeout=TIMEOUT_S)
-            assert rc == 0, f"{log.name} exited {rc}:\n{log.read_text()[-3000:]}"
+        yield procs
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def run_processes(commands, env, log_prefix):
+    """Runs ``commands`` concurrently; returns their logs."""
+    logs = [log_prefix.with_name(f"{log_prefix.name}{i}.log") for i in range(len(commands))]
+    with started(commands, env, logs) as procs:
+        for proc, log in zip(procs, logs):
+            rc = proc.wait(timeout=TIMEOUT_S)
+            assert rc == 0, f"{log.name} exited {rc}:\n{log.read_text()[-3000:]}"
     return [log.read_text() for log in logs]
 
 
@@ -101,15 +110,10 @@ def test_sigterm_stops_both_processes_after_the_same_call(tmp_path):
     steps per call the trainer reports each of them, so no process runs past it."""
     workdir, address = tmp_path / "run", f"127.0.0.1:{free_port()}"
     logs = [tmp_path / f"process{i}.log" for i in range(2)]
-    procs = []
-    try:
-        for i, log in enumerate(logs):
-            with open(log, "w") as out:
-                procs.append(subprocess.Popen(
-                    train_command(workdir, f"--coordinator_address={address}",
-                                  "--num_processes=2", f"--process_id={i}",
-                                  "--config.num_epochs=1000", "--config.steps_per_call=3"),
-                    cwd=REPO, env=cpu_env(1), stdout=out, stderr=subprocess.STDOUT))
+    commands = [train_command(workdir, f"--coordinator_address={address}", "--num_processes=2",
+                              f"--process_id={i}", "--config.num_epochs=1000",
+                              "--config.steps_per_call=3") for i in range(2)]
+    with started(commands, cpu_env(1), logs) as procs:
         deadline = time.monotonic() + TIMEOUT_S
         while "epoch 2/1000" not in logs[0].read_text():  # training, past an epoch's end
             assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
@@ -118,11 +122,6 @@ def test_sigterm_stops_both_processes_after_the_same_call(tmp_path):
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         statuses = [proc.wait(timeout=TIMEOUT_S) for proc in procs]
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
     outputs = [log.read_text() for log in logs]
     assert statuses == [143, 143], outputs[0][-3000:] + outputs[1][-3000:]
     stopped = [int(re.search(r"stopped at step (\d+) on SIGTERM", out).group(1))
