@@ -157,6 +157,12 @@ MODELS = {
 }
 
 
+def has_parallel_branches(model_config) -> bool:
+    """Whether the model's blocks have convolutions that can run side by side (the
+    inception block's four branches), not only one after another (the conv U-Net)."""
+    return MODELS[model_config.name].keywords["block"] == "inception"
+
+
 def create_model(model_config) -> UNet:
     """The model named by ``config.model`` (``name``, ``features``, ``bn_momentum``, ``dtype``)."""
     return MODELS[model_config.name](features=tuple(model_config.features),

@@ -74,17 +74,31 @@ MEMORY_SCHEDULER_MIN_PIXELS = 256 * 256 * 4
 # the step as fast within noise (its time goes to the convolution and matrix-product
 # libraries, BENCHMARKS.md).
 CPU_CODEGEN = {"xla_backend_optimization_level": 1}
+# XLA:CPU's libraries for the train step's library calls: its default list (matrix
+# products, convolutions and reductions to YNNPACK) without the convolutions, which then
+# run in XLA's Eigen kernels. YNNPACK ran most of the conv U-Net's convolutions on one
+# core of two (32->64 channels at 128x128, batch 4: 23.9 ms, one core or two; Eigen 13.4
+# ms), and XLA waits for each before the next; the conv U-Net's step ran 1.09x (256) and
+# 1.00-1.03x (128) faster. Not for models whose convolutions run side by side
+# (``models.has_parallel_branches``): the inception U-Net's step ran 0.96x (256) and 0.99x
+# (128) with it (in-process A/Bs, Zen 4, BENCHMARKS.md tenth session).
+CPU_EIGEN_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                          "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def compiler_options(config, mesh: Mesh) -> dict | None:
-    """XLA options for the train step on the CPU: ``CPU_CODEGEN``, and
-    ``CPU_MEMORY_SCHEDULER`` for large batches (pixels per device); XLA's defaults on
-    other platforms."""
+    """XLA options for the train step on the CPU: ``CPU_CODEGEN``, ``CPU_MEMORY_SCHEDULER``
+    for large batches (pixels per device) and ``CPU_EIGEN_CONVOLUTIONS`` for models
+    without parallel branches; XLA's defaults on other platforms."""
     if mesh.devices.flat[0].platform != "cpu":
         return None
+    options = dict(CPU_CODEGEN)
     pixels = config.data.image_size ** 2 * config.batch_size // mesh.size
-    return {**CPU_CODEGEN, **(CPU_MEMORY_SCHEDULER if pixels >= MEMORY_SCHEDULER_MIN_PIXELS
-                              else {})}
+    if pixels >= MEMORY_SCHEDULER_MIN_PIXELS:
+        options.update(CPU_MEMORY_SCHEDULER)
+    if not models.has_parallel_branches(config.model):
+        options.update(CPU_EIGEN_CONVOLUTIONS)
+    return options
 
 
 def create_mesh(devices=None) -> Mesh:

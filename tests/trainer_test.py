@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -170,6 +171,42 @@ def test_cpu_options_memory_scheduler_only_for_large_batches(tiny_config):
     assert trainer.compiler_options(tiny_config, mesh) == trainer.CPU_CODEGEN
     tiny_config.data.image_size = 512
     assert trainer.compiler_options(tiny_config, mesh) == both
+
+
+def test_cpu_options_eigen_convolutions_only_for_models_without_branches(tiny_config):
+    mesh = trainer.create_mesh()
+    assert tiny_config.model.name == "incp_unet"
+    assert trainer.compiler_options(tiny_config, mesh) == trainer.CPU_CODEGEN
+    tiny_config.model.name = "conv_unet"
+    assert trainer.compiler_options(tiny_config, mesh) == {**trainer.CPU_CODEGEN,
+                                                           **trainer.CPU_EIGEN_CONVOLUTIONS}
+
+
+def ynn_convolutions(hlo_text: str) -> int:
+    """How many of a compiled program's YNNPACK fusions hold a convolution."""
+    bodies = dict(re.findall(r"^%([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo_text, re.M | re.S))
+    called = re.findall(r"calls=%([\w.\-]+), [^\n]*__ynn_fusion", hlo_text)
+    return sum("convolution(" in bodies[name] for name in called)
+
+
+def test_conv_unet_step_compiles_with_eigen_convolutions(tiny_config):
+    """The option reaches XLA: the conv U-Net's 32-channel convolutions (more than 16
+    channels, XLA's rule for YNNPACK) leave YNNPACK's fusions (a mistyped name or
+    value would fail to compile)."""
+    tiny_config.model.name = "conv_unet"
+    mesh = trainer.create_mesh()
+    model = models.create_model(tiny_config.model)
+    tx, learning_rate_fn = trainer.create_optimizer(tiny_config, total_steps=10)
+    state = trainer.create_train_state(tiny_config, model, tx, mesh)
+    shape = (8, tiny_config.data.image_size, tiny_config.data.image_size, 1)
+    train_data = trainer.put_replicated(
+        trainer.DeviceData(np.zeros(shape, np.float32), np.zeros(shape, np.float32)), mesh)
+    lowered = trainer.make_train_steps(tiny_config, mesh, 2, learning_rate_fn).lower(
+        state, train_data, np.int32(1))
+    assert ynn_convolutions(lowered.compile().as_text()) == 0
+    xla_default = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
+                   "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_REDUCE"}
+    assert ynn_convolutions(lowered.compile(compiler_options=xla_default).as_text()) > 0
 
 
 def test_train_step_compiles_with_the_memory_scheduler(tiny_config, monkeypatch):
