@@ -242,6 +242,7 @@ def run_benchmark(config, steps: int, warmup: int, num_images: int, profile_runs
         return [train, inputs]
     layers = op_profile.layer_times(compiled, one_call, profile_runs, profile_depth)
     profile = {"case": "step_profile", **common, "runs": profile_runs,
+               "eigen_convolutions": op_profile.eigen_convolutions(compiled.as_text()),
                "layers": [{"layer": label, "ms": round(1e3 * s / per_call, 2)}
                           for label, s in layers]}
     return [train, inputs, profile]
@@ -280,6 +281,9 @@ def format_table(results: list) -> str:
     for profile in results[2:]:
         rows.append(("per layer", f"ms per step, mean of {profile['runs']} profiled calls "
                                   f"(layers overlap: they sum to more than the step)"))
+        if profile["eigen_convolutions"]:
+            rows.append(("", f"(without {profile['eigen_convolutions']} convolutions run by "
+                             f"XLA's Eigen kernels, after their operations return)"))
         rows += [(f"{layer['ms']:9.2f}", layer["layer"]) for layer in profile["layers"]]
     return "\n".join(f"{name:<12} {value}" for name, value in rows)
 

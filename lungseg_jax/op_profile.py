@@ -11,6 +11,12 @@ fused with an upsampling's backward counts as the U-Net's own ("UNet itself").
 Operations run concurrently where the program allows it, each on the same thread pool,
 so per-layer times overlap and sum to more than the step's wall time: they show where
 work goes, not what removing it would save (BENCHMARKS.md, "fourth session").
+
+A convolution XLA runs in its Eigen kernels (a ``convolution`` instruction of its own,
+not inside a YNNPACK fusion; ``eigen_convolutions`` counts them) continues on XLA's thread
+pool after its operation has returned: the profile records little more than its dispatch,
+and its time is missing from the layer's (the conv U-Net's train step, whose
+convolutions run there: ``trainer.CPU_EIGEN_CONVOLUTIONS``).
 """
 
 import collections
@@ -76,6 +82,14 @@ def layer_labels(hlo_text: str, depth: int = 1) -> dict:
                 op_name = _OP_NAME.search(computations.get(called.group(1), ""))
             labels[name] = op_name_label(op_name.group(1) if op_name else "", depth)
     return labels
+
+
+def eigen_convolutions(hlo_text: str) -> int:
+    """How many of the operations the CPU runtime executes (``layer_labels``' scope) are
+    convolutions of their own, run by XLA's Eigen kernels."""
+    executed = layer_labels(hlo_text)
+    return sum(name in executed and rest.split("(")[0].endswith(" convolution")
+               for name, rest in _INSTRUCTION.findall(hlo_text))
 
 
 def profile_ops(run_once, runs: int, instructions) -> dict:

@@ -34,10 +34,12 @@ def test_tiny_benchmark_reports_every_case(tiny_config):
                                                  profile_runs=2)
     assert train["case"] == "train_step" and inputs["case"] == "input_path"
     assert profile["case"] == "step_profile" and profile["runs"] == 2
+    assert profile["eigen_convolutions"] > 0  # the 8-channel ones (op_profile_test)
     labels = {layer["layer"] for layer in profile["layers"]}
     assert {"Conv_0 (forward)", "Conv_0 (backward)"} <= labels
     assert all(layer["ms"] >= 0 for layer in profile["layers"])
     assert "per layer" in bench.format_table([train, inputs, profile])
+    assert "convolutions run by XLA's Eigen kernels" in bench.format_table([train, inputs, profile])
     assert train["images_per_sec"] > 0 and inputs["images_per_sec"] > 0
     # Timed in whole calls of the trainer's steps: 2 steps asked, the minimum of calls timed.
     assert train["steps_per_call"] == tiny_config.steps_per_call == 8

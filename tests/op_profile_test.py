@@ -109,3 +109,19 @@ def test_layer_times_fails_clearly_when_nothing_ran():
     compiled = jax.jit(lambda x: jnp.tanh(x) * 2).lower(jnp.ones(8)).compile()
     with pytest.raises(RuntimeError, match="recorded none"):
         op_profile.layer_times(compiled, lambda: None, runs=1)
+
+
+def conv_program(channels):
+    x, w = jnp.ones((1, 16, 16, channels)), jnp.ones((3, 3, channels, channels))
+    return jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))).lower(x, w).compile()
+
+
+def test_eigen_convolutions_counts_xla_s_own_convolutions_not_ynnpack_s():
+    # XLA:CPU hands a convolution of more than 16 channels to YNNPACK, in a fusion.
+    assert op_profile.eigen_convolutions(conv_program(8).as_text()) == 1
+    assert op_profile.eigen_convolutions(conv_program(32).as_text()) == 0
+    assert op_profile.eigen_convolutions(HLO) == 0
+    in_a_fusion = HLO.replace("multiply(%param_0, %param_0)", "convolution(%param_0, %param_0)")
+    assert op_profile.eigen_convolutions(in_a_fusion) == 0
+    assert op_profile.eigen_convolutions(HLO.replace("add(%p, %p)", "convolution(%p, %p)")) == 1
