@@ -35,10 +35,10 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from lungseg_jax.batchnorm import BatchNormLeakyReLU
+from lungseg_jax.buffers import materialized_on_cpu
 from lungseg_jax.conv import Conv
 from lungseg_jax.pooling import max_pool_2x2, max_pool_2x2_same_of
 from lungseg_jax.upsampling import Upsampled
@@ -90,28 +90,10 @@ class InceptionBlock(nn.Module):
         b = cba(3)(b, train=train)
         c = cba(1)(*parts, train=train)
         d = cba(1)(*(max_pool_2x2_same_of(part) for part in parts), train=train)
+        # Computed once on the CPU: XLA fused the concatenation (and the four branches'
+        # BatchNorm and LeakyReLU) into each of its three consumers; the step ran 1.11x
+        # (128) and 1.12x (256) faster with it computed once (BENCHMARKS.md, tenth session).
         return materialized_on_cpu(jnp.concatenate([a, b, c, d], axis=-1))
-
-
-def materialized_on_cpu(x):
-    """``x``, computed once into a buffer of its own on the CPU (``own_buffer``). Left to
-    itself, XLA:CPU fused the inception block's concatenation (and the BatchNorm and
-    LeakyReLU of its four branches) into each of its three consumers, computing it three
-    times: the step ran 1.10x (128) and 1.07x (256) faster with it computed once
-    (BENCHMARKS.md, tenth session). Other backends: XLA's choice."""
-    return jax.lax.platform_dependent(x, cpu=own_buffer, default=lambda x: x)
-
-
-def own_buffer(x):
-    """``x``, out of a conditional whose two branches both return it. XLA runs a
-    conditional as an operation of its own, so its operand and result are buffers no
-    fusion reaches into (nor, through autodiff's conditional, the gradient's). An
-    optimization barrier alone does not do it on the CPU: XLA:CPU removes barriers before
-    fusing. The predicate (always false) and the false branch go through barriers so that
-    XLA cannot fold the conditional away, which it does when the predicate is a constant or
-    the branches are the same."""
-    never = jax.lax.optimization_barrier(jnp.array(False))
-    return jax.lax.cond(never, lambda x: x, jax.lax.optimization_barrier, x)
 
 
 class ConvBlock(nn.Module):

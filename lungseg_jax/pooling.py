@@ -5,8 +5,9 @@ through ``select_and_scatter``, which XLA's CPU backend runs 14-38x slower than 
 elementwise forms here (forward and backward alone, BENCHMARKS.md). Both pools here
 send each window's gradient to its first maximum in row-major order, as
 ``reduce_window``'s gradient (and PyTorch's, and TensorFlow's) does, with a
-hand-written backward pass: each window's first maximum as an int8 index, then the
-input gradient in one elementwise pass from it (autodiff of the stride-2 pool's
+hand-written backward pass: each window's first maximum as an int8 index (a buffer of
+its own on the CPU, as is the windows' gradient), then the input gradient in one
+elementwise pass from it (autodiff of the stride-2 pool's
 slices padded each window offset's gradient to the full size and summed four such
 tensors: the inception U-Net's step ran 1.11x faster at 128 without them,
 BENCHMARKS.md). Same values, same gradients, ties included (``tests/pooling_test.py``).
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lungseg_jax.buffers import materialized_on_cpu
 from lungseg_jax.upsampling import Upsampled, interleave_2x
 
 
@@ -57,10 +59,21 @@ def _first_maximum(candidates, y):
     return first
 
 
+def _per_window(first, g):
+    """The windows' first maxima and gradients, each computed once into a buffer of its
+    own on the CPU (``buffers``). Every input gradient reads each window's several times
+    (2x2 stride 2: once per input of the window; stride 1: once per window over the
+    input), and XLA:CPU fused their computation (the comparisons, and whatever sums form
+    ``g``) into that read, computing it again each time: the step ran 1.06-1.09x
+    (inception) and 1.03-1.07x (conv U-Net) faster with them computed once
+    (BENCHMARKS.md, tenth session)."""
+    return materialized_on_cpu(first), materialized_on_cpu(g)
+
+
 def _pool_2x2_bwd(residuals, g):
     x, y = residuals
     windows = _windows(x)
-    first = _first_maximum([windows[:, :, a, :, b] for a, b in WINDOW], y)
+    first, g = _per_window(_first_maximum([windows[:, :, a, :, b] for a, b in WINDOW], y), g)
     # The gradient of each window goes to the offset (a, b) with a * 2 + b == first.
     offset = (2 * lax.broadcasted_iota(jnp.int8, (1, 1, 2, 1, 2, 1), 2)
               + lax.broadcasted_iota(jnp.int8, (1, 1, 2, 1, 2, 1), 4))
@@ -97,7 +110,8 @@ def _route(x, y, g, offsets):
     """The gradient at ``x`` of windows over ``offsets`` (maxima ``y``, gradients ``g``):
     window (i, j)'s gradient goes to (i + di, j + dj) if that is its first maximum, so
     the gradient at p comes from window p - (di, dj) if its first maximum is offset k."""
-    first = _first_maximum([shift(x, di, dj, -jnp.inf) for di, dj in offsets], y)
+    first, g = _per_window(_first_maximum([shift(x, di, dj, -jnp.inf) for di, dj in offsets], y),
+                           g)
     dx = jnp.zeros_like(g)
     for k, (di, dj) in enumerate(offsets):
         dx = dx + jnp.where(shift(first, -di, -dj, -1) == k, shift(g, -di, -dj, 0),

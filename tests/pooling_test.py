@@ -66,3 +66,12 @@ def test_pool_keeps_bfloat16(pool, reference):
     np.testing.assert_array_equal(np.asarray(y, np.float32),
                                   np.asarray(reference(x), np.float32))
     assert jax.grad(lambda v: jnp.sum(pool(v)).astype(jnp.float32))(x).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("pool", [pooling.max_pool_2x2, pooling.max_pool_2x2_same])
+def test_pool_gradients_compute_each_window_s_values_once_on_the_cpu(pool):
+    """The windows' first maxima and gradients come out of conditionals (``buffers``):
+    two for the pool's backward pass."""
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+    compiled = jax.jit(jax.grad(lambda x: jnp.sum(jnp.tanh(pool(x))))).lower(x).compile()
+    assert compiled.as_text().count(" conditional(") == 2
