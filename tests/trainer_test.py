@@ -189,20 +189,25 @@ def ynn_convolutions(hlo_text: str) -> int:
     return sum("convolution(" in bodies[name] for name in called)
 
 
+def lowered_conv_unet_steps(config):
+    """The conv U-Net's train steps, lowered for ``config`` (two CPU devices)."""
+    config.model.name = "conv_unet"
+    mesh = trainer.create_mesh()
+    model = models.create_model(config.model)
+    tx, learning_rate_fn = trainer.create_optimizer(config, total_steps=10)
+    state = trainer.create_train_state(config, model, tx, mesh)
+    shape = (8, config.data.image_size, config.data.image_size, 1)
+    train_data = trainer.put_replicated(
+        trainer.DeviceData(np.zeros(shape, np.float32), np.zeros(shape, np.float32)), mesh)
+    return trainer.make_train_steps(config, mesh, 2, learning_rate_fn).lower(
+        state, train_data, np.int32(1))
+
+
 def test_conv_unet_step_compiles_with_eigen_convolutions(tiny_config):
     """The option reaches XLA: the conv U-Net's 32-channel convolutions (more than 16
     channels, XLA's rule for YNNPACK) leave YNNPACK's fusions (a mistyped name or
     value would fail to compile)."""
-    tiny_config.model.name = "conv_unet"
-    mesh = trainer.create_mesh()
-    model = models.create_model(tiny_config.model)
-    tx, learning_rate_fn = trainer.create_optimizer(tiny_config, total_steps=10)
-    state = trainer.create_train_state(tiny_config, model, tx, mesh)
-    shape = (8, tiny_config.data.image_size, tiny_config.data.image_size, 1)
-    train_data = trainer.put_replicated(
-        trainer.DeviceData(np.zeros(shape, np.float32), np.zeros(shape, np.float32)), mesh)
-    lowered = trainer.make_train_steps(tiny_config, mesh, 2, learning_rate_fn).lower(
-        state, train_data, np.int32(1))
+    lowered = lowered_conv_unet_steps(tiny_config)
     assert ynn_convolutions(lowered.compile().as_text()) == 0
     xla_default = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
                    "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_REDUCE"}
@@ -213,16 +218,7 @@ def test_train_step_compiles_with_the_memory_scheduler(tiny_config, monkeypatch)
     """The option reaches XLA and saves scratch space (a mistyped name or value would
     also fail here, at compile time)."""
     monkeypatch.setattr(trainer, "MEMORY_SCHEDULER_MIN_PIXELS", 0)
-    tiny_config.model.name = "conv_unet"
-    mesh = trainer.create_mesh()
-    model = models.create_model(tiny_config.model)
-    tx, learning_rate_fn = trainer.create_optimizer(tiny_config, total_steps=10)
-    state = trainer.create_train_state(tiny_config, model, tx, mesh)
-    shape = (8, tiny_config.data.image_size, tiny_config.data.image_size, 1)
-    train_data = trainer.put_replicated(
-        trainer.DeviceData(np.zeros(shape, np.float32), np.zeros(shape, np.float32)), mesh)
-    steps = trainer.make_train_steps(tiny_config, mesh, 2, learning_rate_fn)
-    lowered = steps.lower(state, train_data, np.int32(1))
+    lowered = lowered_conv_unet_steps(tiny_config)
     ours = lowered.compile().memory_analysis().temp_size_in_bytes
     default = lowered.compile(compiler_options={
         "xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_DEFAULT"}).memory_analysis()
