@@ -74,12 +74,12 @@ MEMORY_SCHEDULER_MIN_PIXELS = 256 * 256 * 4
 # the step as fast within noise (its time goes to the convolution and matrix-product
 # libraries, BENCHMARKS.md).
 CPU_CODEGEN = {"xla_backend_optimization_level": 1}
-# XLA:CPU's libraries for the train step's library calls: its default list (matrix
-# products, convolutions and reductions to YNNPACK) without the convolutions, which then
-# run in XLA's Eigen kernels. YNNPACK ran most of the conv U-Net's convolutions on one
-# core of two (32->64 channels at 128x128, batch 4: 23.9 ms, one core or two; Eigen 13.4
-# ms), and XLA waits for each before the next; the conv U-Net's step ran 1.09x (256) and
-# 1.00-1.03x (128) faster. Not for models whose convolutions run side by side
+# XLA:CPU's libraries for the train step's library calls: this jaxlib's default list
+# (matrix products, convolutions and reductions to YNNPACK, from a dump of its compile
+# options) without the convolutions, which then run in XLA's Eigen kernels. YNNPACK ran
+# most of the conv U-Net's convolutions on one core of two (32->64 channels at 128x128,
+# batch 4: 23.9 ms, one core or two; Eigen 13.4 ms), and XLA waits for each before the
+# next; the conv U-Net's step ran 1.07-1.10x (256) and 1.00-1.03x (128) faster. Not for models whose convolutions run side by side
 # (``models.has_parallel_branches``): the inception U-Net's step ran 0.96x (256) and 0.99x
 # (128) with it (in-process A/Bs, Zen 4, BENCHMARKS.md tenth session).
 CPU_EIGEN_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type":
