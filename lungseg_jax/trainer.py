@@ -79,9 +79,10 @@ CPU_CODEGEN = {"xla_backend_optimization_level": 1}
 # options) without the convolutions, which then run in XLA's Eigen kernels. YNNPACK ran
 # most of the conv U-Net's convolutions on one core of two (32->64 channels at 128x128,
 # batch 4: 23.9 ms, one core or two; Eigen 13.4 ms), and XLA waits for each before the
-# next; the conv U-Net's step ran 1.07-1.10x (256) and 1.00-1.03x (128) faster. Not for models whose convolutions run side by side
-# (``models.has_parallel_branches``): the inception U-Net's step ran 0.96x (256) and 0.99x
-# (128) with it (in-process A/Bs, Zen 4, BENCHMARKS.md tenth session).
+# next; the conv U-Net's step ran 1.07-1.10x (256) and 1.00-1.03x (128) faster. Not for
+# models whose convolutions run side by side (``models.has_parallel_branches``): the
+# inception U-Net's step ran 0.96x (256) and 0.99x (128) with it (in-process A/Bs, Zen 4,
+# BENCHMARKS.md tenth session).
 CPU_EIGEN_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                           "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
@@ -275,6 +276,10 @@ class Measured(NamedTuple):
     num_steps: int
     values: dict  # name -> array of config.steps_per_call, the first num_steps filled
 
+    def last(self, name: str) -> float:
+        """The call's last step's value of measurement ``name``, on the host."""
+        return float(jax.device_get(self.values[name])[self.num_steps - 1])
+
 
 def steps_in(history: list) -> int:
     """Train steps run by the ``Measured`` calls of ``history``."""
@@ -398,7 +403,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                 history.append(Measured(num_steps, measurements))
                 done += num_steps
                 if bar.due():
-                    bar.draw(done, float(jax.device_get(measurements["loss"])[num_steps - 1]))
+                    bar.draw(done, history[-1].last("loss"))
                 at_epoch_end = done % steps_per_epoch == 0
                 should_save = (done % checkpoint_every == 0 or done in snapshot_steps
                                or done == total_steps)
@@ -436,13 +441,11 @@ def epoch_record(state: TrainState, history: list, steps_per_epoch: int, start_t
     """The epoch's metrics; the means come from the state's (checkpointed) epoch sums."""
     step = int(state.step)
     loss_sum, grad_norm_sum = jax.device_get(state.epoch_sums)
-    last = history[-1]
-    learning_rate = jax.device_get(last.values["learning_rate"])[last.num_steps - 1]
     seconds = time.monotonic() - start_time
     return {"step": step, "epoch": step // steps_per_epoch,
             "train_loss": float(loss_sum / steps_per_epoch),
             "grad_norm": float(grad_norm_sum / steps_per_epoch),
-            "learning_rate": float(learning_rate),
+            "learning_rate": history[-1].last("learning_rate"),
             "images_per_sec": steps_in(history) * config.batch_size / seconds,
             "epoch_seconds": seconds}
 
