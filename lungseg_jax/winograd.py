@@ -11,9 +11,10 @@ FLOPs, paid for with the tile transforms' memory traffic (the transformed input 
 the input). The transforms' coefficients are 0, +-1 and 1/2: against a float64 direct
 convolution, its float32 error was 2.5e-7 to 4.7e-7 of the largest output (32x32, 32->64
 and 128->256 channels), XLA's own convolution's 5.8e-7 to 6.3e-7. The gradients are
-autodiff's (the transposed transforms around two more batched products), except the
-output transform's, written as one product (autodiff's transpose of its slicing added
-16 padded copies).
+autodiff's (two more batched products) through transforms whose transposes are written
+as one product each: autodiff's transpose of their slicing added 16 padded copies,
+each in a pass of its own (the input transform's: the conv U-Net's step ran 1.03-1.04x
+faster at 128x128 without them, BENCHMARKS.md, eleventh session).
 
 Needs even height and width. ``conv.winograd_pays_off`` decides where it is used.
 """
@@ -32,6 +33,8 @@ G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
 # Output phase ij (row i, column j of each 2x2 block) from the 16 products ab.
 _PHASES_OF_PRODUCTS = np.einsum("ia,jb->ijab", A_T, A_T).reshape(4, 16)
+# Tile pixel ij from the 16 positions ab: the input transform's transpose.
+_PIXELS_OF_POSITIONS = np.einsum("ai,bj->ijab", B_T, B_T).reshape(16, 16)
 
 
 def _combine(coefficients, terms):
@@ -45,9 +48,7 @@ def _combine(coefficients, terms):
     return out
 
 
-def transform_input(x):
-    """``B^T d B`` of every 4x4 tile of ``x`` (zero-padded by 1) at stride 2:
-    ``(16, n * h/2 * w/2, c)``, tile position major."""
+def _input(x):
     n, h, w, c = x.shape
     th, tw = h // 2, w // 2
     # Pairs of rows and columns as axes of their own: tile row i is pair ty + i // 2,
@@ -59,6 +60,40 @@ def transform_input(x):
         cols = [row[:, :, j // 2:j // 2 + tw, j % 2] for j in range(4)]
         tiles += [_combine(B_T[b], cols) for b in range(4)]
     return jnp.stack(tiles).reshape(16, n * th * tw, c)
+
+
+def transform_input(x):
+    """``B^T d B`` of every 4x4 tile of ``x`` (zero-padded by 1) at stride 2:
+    ``(16, n * h/2 * w/2, c)``, tile position major."""
+    return _transform_input(x, x.shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _transform_input(x, shape):
+    return _input(x)
+
+
+def _transform_input_fwd(x, shape):
+    return _input(x), None
+
+
+def _transform_input_bwd(shape, _, g):
+    # Each tile's 16 pixels from its 16 positions (one product with the transform's
+    # 16x16 transpose), then the tiles added where they overlap: padded row 2p + s is
+    # row s of tile p and row s + 2 of tile p - 1 (columns likewise).
+    n, h, w, c = shape
+    pixels = jnp.einsum("pk,ktc->ptc", _PIXELS_OF_POSITIONS.astype(g.dtype), g)
+    pixels = pixels.reshape(4, 4, n, h // 2, w // 2, c)
+
+    def shifted(a, down, right):
+        return jnp.pad(a, ((0, 0), (down, 1 - down), (right, 1 - right), (0, 0)))
+
+    padded = interleave_2x(lambda s, u: sum(shifted(pixels[s + 2 * dy, u + 2 * dx], dy, dx)
+                                            for dy in (0, 1) for dx in (0, 1)))
+    return (padded[:, 1:-1, 1:-1],)
+
+
+_transform_input.defvjp(_transform_input_fwd, _transform_input_bwd)
 
 
 def transform_kernel(w):

@@ -261,6 +261,15 @@ def test_winograd_output_transform_gradient_equals_autodiff():
     np.testing.assert_allclose(written, autodiff, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(1, 2, 2, 1), (2, 6, 4, 5), (3, 4, 8, 2)])
+def test_winograd_input_transform_gradient_equals_autodiff(shape):
+    x = jax.random.normal(jax.random.key(7), shape)
+    tiles, written_vjp = jax.vjp(winograd.transform_input, x)
+    g = jax.random.normal(jax.random.key(8), tiles.shape)
+    autodiff = jax.vjp(winograd._input, x)[1](g)[0]
+    np.testing.assert_allclose(written_vjp(g)[0], autodiff, rtol=1e-6, atol=1e-6)
+
+
 def test_winograd_rejects_odd_sizes_by_shape():
     with pytest.raises(ValueError, match=r"even height and width, got \(1, 5, 4, 2\)"):
         winograd.conv3x3(jnp.zeros((1, 5, 4, 2)), jnp.zeros((3, 3, 2, 2)))
