@@ -12,9 +12,10 @@ the input). The transforms' coefficients are 0, +-1 and 1/2: against a float64 d
 convolution, its float32 error was 2.5e-7 to 4.7e-7 of the largest output (32x32, 32->64
 and 128->256 channels), XLA's own convolution's 5.8e-7 to 6.3e-7. The gradients are
 autodiff's (two more batched products) through transforms whose transposes are written
-as one product each: autodiff's transpose of their slicing added 16 padded copies,
-each in a pass of its own (the input transform's: the conv U-Net's step ran 1.03-1.04x
-faster at 128x128 without them, BENCHMARKS.md, eleventh session).
+out, each one product (the input transform's then adds the overlapping tiles in one
+pass): autodiff's transpose of their slicing added 16 padded copies, each in a pass of
+its own (the input transform's: the conv U-Net's step ran 1.03-1.04x faster at 128x128
+without them, BENCHMARKS.md, eleventh session).
 
 Needs even height and width. ``conv.winograd_pays_off`` decides where it is used.
 """
