@@ -22,6 +22,7 @@ KERNEL_SHAPES = [
     (3, 3, 6, 4),  # more input channels; XLA's forward
     (5, 3, 3, 2),  # non-square odd kernel; forward as broadcast products
     (3, 3, 19, 2),  # few outputs: forward and gradients through one product to all taps
+    (3, 3, 40, 4),  # the same, the input gradient as a product too (more than 3 outputs)
 ]
 
 
