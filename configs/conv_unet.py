@@ -23,8 +23,8 @@ together; pooled IoU 0.9471 final, 0.9483 chosen (final+tta+pp), as before.
 2026-11-27, the convolutions in XLA's Eigen kernels (``trainer.CPU_EIGEN_CONVOLUTIONS``,
 other float rounding) and the pools' per-window values computed once: 5.2 min in all;
 pooled IoU 0.9424 final, 0.9432 chosen (final+tta+pp). 2026-11-27, next session, the
-Winograd input transform's and the head's gradients written out: 5.0 min in all; pooled
-IoU 0.9448 final, 0.9461 chosen (final+tta+pp).
+Winograd input transform's and the head's weight gradients written out: 5.0 min in all;
+pooled IoU 0.9448 final, 0.9461 chosen (final+tta+pp).
 
 At the study's 512x512 (``--config.data.image_size=512``), measured 2026-11-26 on one
 NVIDIA H200 (three runs sharing it): 60 epochs in 1.3 min; pooled IoU 0.929, 0.952 with
