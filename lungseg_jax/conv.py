@@ -113,9 +113,9 @@ def _tap_product_bwd(residuals, g):
     # 1.04x faster at 128, the same elsewhere). The input gradient is g convolved with the
     # kernel flipped, its channels swapped: for few output channels (the head's one) as
     # broadcast products, one pass that writes dx (autodiff's product with the windows
-    # stacked tap minor wrote them first, 5.2 ms of the inception step at 256; the steps
-    # ran 1.03x faster without, 1.00x the conv U-Net's at 128; BENCHMARKS.md, eleventh
-    # session); else as that product.
+    # stacked tap minor wrote them first, 5.2 ms of the inception step at 256; without
+    # that, the inception step ran 1.03x faster at 128 and 256, the conv U-Net's 1.03x at
+    # 256 and 1.00x at 128; BENCHMARKS.md, eleventh session); else as that product.
     x, w = residuals
     kh, kw, cin, cout = w.shape
     windows = _shifted(g, kh, kw)[::-1]
