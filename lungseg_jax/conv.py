@@ -121,7 +121,7 @@ def _tap_product_bwd(residuals, g):
     windows = _shifted(g, kh, kw)[::-1]
     tap_major = jnp.stack(windows).transpose(0, 4, 1, 2, 3).reshape(kh * kw * cout, -1)
     dw = jnp.dot(tap_major, x.reshape(-1, cin)).reshape(kh, kw, cout, cin).transpose(0, 1, 3, 2)
-    flipped = w[::-1, ::-1].swapaxes(2, 3)
+    flipped = input_grad_kernel(w)
     if products_pay_off(flipped.shape):
         return conv_as_products(g, flipped), dw
     tap_minor = jnp.stack(windows, axis=-2).reshape(-1, kh * kw * cout)
@@ -248,7 +248,13 @@ def _conv2d_same_fwd(x, w, gemm_shape):
 def input_grad_conv(g, w):
     """``dx`` of the 'same' convolution, as XLA:CPU's own convolution in canonical form
     (NHWC, HWIO): ``g`` convolved with the kernel flipped and its channels swapped."""
-    return _xla_conv(g, w[::-1, ::-1].swapaxes(2, 3))
+    return _xla_conv(g, input_grad_kernel(w))
+
+
+def input_grad_kernel(w):
+    """The kernel whose 'same' convolution of the output gradient is the input gradient:
+    ``w`` flipped, its channels swapped."""
+    return w[::-1, ::-1].swapaxes(2, 3)
 
 
 def weight_grad_conv(x, g, kernel_shape):
