@@ -2,13 +2,10 @@
 
     python -m lungseg_jax.train --config configs/default.py --workdir runs/default
 
-Every study config imports this one and overrides a handful of fields.
-Any field can be overridden on the command line, e.g. ``--config.num_epochs=3``.
-Measured 2026-11-25 on a 2-core AMD EPYC: 56 s in all (compile included, persistent
-cache warm), validation pooled IoU 0.966 on the 6 held-out phantoms after 10 epochs.
-2026-11-27, a 2-core Zen 4 (AVX-512): 20 s with the cache warm, 37 s compiling the train
-step; IoU 0.966. Later that day, the README's command on a fresh clone (venv and install
-included): 52 s in all, IoU 0.9645.
+Expected: about 1 minute on 2 CPU cores (2-core AMD EPYC Zen 4: 20 s with the persistent
+compilation cache warm, 37 s compiling), validation pooled IoU 0.965 on the 6 held-out
+phantoms after 10 epochs. Every study config imports this one and overrides a handful of
+fields; any field can be overridden on the command line, e.g. ``--config.num_epochs=3``.
 """
 
 import ml_collections
@@ -29,6 +26,9 @@ def get_config():
     config.model.bn_momentum = 0.9
     # Compute dtype: 'float32', or 'bfloat16' on GPU/TPU (parameters stay float32).
     config.model.dtype = "float32"
+    # Op forms: 'fast' (forms of their own where XLA:CPU is slow) or 'reference' (flax's
+    # and lax's plain forms; the same parameters, values within float tolerance).
+    config.model.ops = "fast"
 
     config.data = ml_collections.ConfigDict()
     # 'synthetic' (built-in phantoms), 'folder' (DIR/2d_images + DIR/2d_masks) or 'tfds'.

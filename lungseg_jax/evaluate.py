@@ -6,8 +6,8 @@
 
 Writes ``{"num_images", "final", "snapshots": [{"step", ...}], "ensemble", "options",
 "variants", "validation", "report_variant"}`` (pooled IoU, mean IoU and mean Dice each),
-the report next to it (FILE.csv, FILE.md, FILE_*.png; see ``report.py``), and prints a
-table. See docs/evaluation.md.
+the report next to it (FILE.csv, FILE.md, FILE_*.png; see ``evaluation/report.py``), and
+prints a table. See docs/evaluation.md.
 """
 
 import json
@@ -15,7 +15,9 @@ import os
 
 from absl import app, flags
 
-from lungseg_jax import evaluation, rundir, runtime, validation
+from lungseg_jax.core import cli
+from lungseg_jax.core.files import write_atomic
+from lungseg_jax.evaluation import evaluator
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json and checkpoints/).")
@@ -33,23 +35,18 @@ flags.DEFINE_bool("postprocess", False, "Keep the two largest connected componen
 flags.DEFINE_bool("select_on_validation", True, "Also score every variant on the training "
                   "run's validation split (needs its data, config.data) and report its winner.")
 flags.mark_flags_as_required(["workdir", "data_dir", "output"])
-flags.register_validator("threshold", validation.is_probability_threshold,
-                         message=validation.THRESHOLD_RULE)
+flags.register_validator("threshold", cli.is_probability_threshold, message=cli.THRESHOLD_RULE)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    runtime.reexec_with_huge_pages()
-    runtime.setup_jax()
-    runtime.setup_logging()
-    result = evaluation.evaluate_workdir(
+    cli.start(argv)
+    result = evaluator.evaluate_workdir(
         FLAGS.workdir, FLAGS.data_dir, FLAGS.threshold, FLAGS.batch_size,
         ensemble_last=FLAGS.ensemble_last, tta=FLAGS.tta, postprocess=FLAGS.postprocess,
         select_on_validation=FLAGS.select_on_validation,
         report_prefix=os.path.splitext(FLAGS.output)[0])
-    rundir.write_atomic(FLAGS.output, json.dumps(result, indent=2))
-    print(evaluation.format_table(result))
+    write_atomic(FLAGS.output, json.dumps(result, indent=2))
+    print(evaluator.format_table(result))
 
 
 if __name__ == "__main__":

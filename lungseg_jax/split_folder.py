@@ -10,7 +10,8 @@ SPLIT/train or SPLIT/test is refused (another split's links would mix in): remov
 
 from absl import app, flags
 
-from lungseg_jax import data
+from lungseg_jax.core import cli
+from lungseg_jax.data import splits
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("source", None, "Folder with 2d_images/ and 2d_masks/.")
@@ -23,8 +24,8 @@ flags.register_validator("test_fraction", lambda f: 0 < f < 1,
 
 
 def main(argv):
-    del argv
-    counts = data.split_folder(FLAGS.source, FLAGS.output, FLAGS.test_fraction, FLAGS.seed)
+    cli.start(argv)
+    counts = splits.split_folder(FLAGS.source, FLAGS.output, FLAGS.test_fraction, FLAGS.seed)
     print(f"{FLAGS.output}/train: {counts['train']} slices, {FLAGS.output}/test: "
           f"{counts['test']} slices")
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lungseg_jax import augment
+from lungseg_jax.data import augment
 
 
 def batch(seed=0, n=2, size=12):

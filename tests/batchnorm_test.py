@@ -6,8 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lungseg_jax import batchnorm
-from references import FlaxBatchNormLeakyReLU
+from lungseg_jax.ops import batchnorm, reference
 
 SETTINGS = dict(momentum=0.9, epsilon=1e-3, slope=0.3)
 
@@ -33,7 +32,7 @@ def variables_after_a_step(module, x):
 @pytest.mark.parametrize("use_running_average", [False, True])
 def test_equals_flax_batchnorm_then_leaky_relu(use_running_average):
     x, cotangent = inputs()
-    ours, flax_module = batchnorm.BatchNormLeakyReLU(**SETTINGS), FlaxBatchNormLeakyReLU(**SETTINGS)
+    ours, flax_module = batchnorm.BatchNormLeakyReLU(**SETTINGS), reference.BatchNormLeakyReLU(**SETTINGS)
     variables = variables_after_a_step(ours, x)
     reference_variables = variables_after_a_step(flax_module, x)
     assert jax.tree.structure(variables) == jax.tree.structure(reference_variables)
@@ -84,8 +83,8 @@ def test_bfloat16_compute_keeps_float32_statistics():
     y, updates = module.apply(variables, x, use_running_average=False, mutable=["batch_stats"])
     assert y.dtype == jnp.bfloat16
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves((variables, updates)))
-    reference = FlaxBatchNormLeakyReLU(**SETTINGS, dtype=jnp.bfloat16)
-    y_ref, updates_ref = reference.apply(variables, x, use_running_average=False,
+    flax_module = reference.BatchNormLeakyReLU(**SETTINGS, dtype=jnp.bfloat16)
+    y_ref, updates_ref = flax_module.apply(variables, x, use_running_average=False,
                                          mutable=["batch_stats"])
     np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32),
                                rtol=1e-2, atol=1e-2)
@@ -97,7 +96,7 @@ def test_bfloat16_compute_keeps_float32_statistics():
 def test_input_bias_equals_flax_batchnorm_of_the_sum(use_running_average):
     x, cotangent = inputs()
     input_bias = jnp.array([0.7, -2.0, 0.1])
-    ours, flax_module = batchnorm.BatchNormLeakyReLU(**SETTINGS), FlaxBatchNormLeakyReLU(**SETTINGS)
+    ours, flax_module = batchnorm.BatchNormLeakyReLU(**SETTINGS), reference.BatchNormLeakyReLU(**SETTINGS)
     variables = ours.init(jax.random.key(0), x, use_running_average=False)
     _, updates = ours.apply(variables, x, False, input_bias, mutable=["batch_stats"])
     variables = {**variables, **updates}
@@ -109,7 +108,7 @@ def test_input_bias_equals_flax_batchnorm_of_the_sum(use_running_average):
 
     grad = jax.value_and_grad(loss, argnums=(1, 2, 3), has_aux=True)
     (_, (y, updates)), grads = grad(ours, variables["params"], input_bias, x)
-    # references.FlaxBatchNormLeakyReLU adds the bias to x, then normalises.
+    # reference.BatchNormLeakyReLU adds the bias to x, then normalises.
     (_, (y_ref, updates_ref)), grads_ref = grad(flax_module, variables["params"], input_bias, x)
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),

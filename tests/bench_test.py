@@ -6,13 +6,15 @@ import sys
 import pytest
 
 from conftest import REPO
-from lungseg_jax import bench, models, runtime
+from lungseg_jax.model.unet import MODELS, UNet
+from lungseg_jax.ops import policy
+from lungseg_jax.perf import bench
 
 PEERS = os.path.join(REPO, "..", "shared", "peers")
 
 
 def test_flop_count_by_hand_for_a_one_level_conv_unet():
-    model = models.UNet(block="conv", features=(2,))
+    model = UNet(block="conv", features=(2,))
     # block(2): 3x3, 1->8 at 8x8; bottleneck 3x3, 8->8 at 4x4; head 3x3, (8+8)->1 at 8x8.
     expected = 2 * (64 * 9 * 1 * 8 + 16 * 9 * 8 * 8 + 64 * 9 * 16 * 1)
     assert bench.forward_conv_flops(model, 8, 1) == expected
@@ -25,7 +27,7 @@ def test_flop_count_matches_the_peer_spec(name, peer):
     sys.path.insert(0, PEERS)
     import unet_spec
     for size in (128, 512):
-        assert bench.forward_conv_flops(models.MODELS[name](), size, 3) == \
+        assert bench.forward_conv_flops(MODELS[name](), size, 3) == \
             unet_spec.forward_flops(peer, size)
 
 
@@ -57,7 +59,7 @@ def test_tiny_benchmark_reports_every_case(tiny_config):
     # At least the parameters and the resident images are read each step.
     assert train["xla_gbyte_per_step"] * 1e9 > 4 * 8 * tiny_config.data.image_size ** 2
     assert train["device_peak_mb"] is None  # the CPU reports no device memory
-    assert train["host_cpu"] == runtime.host_cpu()
+    assert train["host_cpu"] == policy.host_cpu()
     assert "img/s" in bench.format_table([train, inputs])
 
 

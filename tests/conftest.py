@@ -12,7 +12,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 
 import pytest  # noqa: E402
 
-from lungseg_jax import runtime  # noqa: E402
+from lungseg_jax.core import runtime  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_DATA = os.path.join(REPO, "..", "shared", "data", "finding-lungs-in-ct-data")
@@ -76,7 +76,7 @@ def tiny_config():
 def crash_after_first_checkpoint(monkeypatch):
     """Makes checkpoint saves raise KeyboardInterrupt (a simulated kill) once written;
     calling the returned function restores normal saving."""
-    from lungseg_jax import checkpointing
+    from lungseg_jax.rundir import checkpoints as checkpointing
 
     real_save = checkpointing.save
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from lungseg_jax import conv, winograd
+from lungseg_jax.ops import conv, policy, winograd
 
 # Weight gradient (on the CPU): 1x1 one product; no more input than output channels
 # one product per tap; more input channels the taps of g stacked into one product.
@@ -88,7 +88,7 @@ def test_gradients_in_a_loop_are_canonical_xla_convolutions(monkeypatch):
     """XLA:CPU rewrites autodiff's transposed convolutions into its fast canonical form
     only at a program's top level; inside a loop (the trainer's steps per call) they would
     run as generic loops, 8x slower. Ours are canonical already."""
-    monkeypatch.setattr(conv, "XLA_WEIGHT_GRAD_IS_FAST", True)
+    monkeypatch.setattr(policy, "host_has_avx512", lambda: True)
     x, w, g = random_case((3, 3, 6, 4))
 
     def steps(x, w, g):
@@ -106,13 +106,13 @@ def test_gradients_in_a_loop_are_canonical_xla_convolutions(monkeypatch):
 @pytest.fixture(params=[False, True], ids=["gemm_weight_grads", "xla_weight_grads"])
 def host_avx512(request, monkeypatch):
     """Both CPU weight-gradient rules, whatever this host's CPU."""
-    monkeypatch.setattr(conv, "XLA_WEIGHT_GRAD_IS_FAST", request.param)
+    monkeypatch.setattr(policy, "host_has_avx512", lambda: request.param)
     return request.param
 
 
 @pytest.fixture
 def host_without_avx512(monkeypatch):
-    monkeypatch.setattr(conv, "XLA_WEIGHT_GRAD_IS_FAST", False)
+    monkeypatch.setattr(policy, "host_has_avx512", lambda: False)
 
 
 def against_xla_convolution(fn, x, w, g):
@@ -146,8 +146,8 @@ def test_cpu_forward_forms_match_numpy_definition(form, kernel_shape):
     ((1, 1, 3, 8), "XLA's convolution"),
 ])
 def test_forward_form_on_cpu_by_channel_counts(kernel_shape, form):
-    assert conv.products_pay_off(kernel_shape) == (form == "broadcast products")
-    assert conv.tap_product_pays_off(kernel_shape) == (form == "one product to all taps")
+    assert policy.products_pay_off(kernel_shape) == (form == "broadcast products")
+    assert policy.tap_product_pays_off(kernel_shape) == (form == "one product to all taps")
     x, w, _ = random_case(kernel_shape)
 
     def forward_hlo(platform):
@@ -175,14 +175,14 @@ def test_weight_gradient_is_a_matrix_product_on_cpu_and_xla_convolution_elsewher
 
 
 def test_weight_gradient_is_xla_convolution_on_cpus_with_avx512(monkeypatch):
-    monkeypatch.setattr(conv, "XLA_WEIGHT_GRAD_IS_FAST", True)
+    monkeypatch.setattr(policy, "host_has_avx512", lambda: True)
     for kernel_shape in [(3, 3, 4, 8), (1, 1, 4, 8)]:
-        assert not conv.gemm_pays_off(kernel_shape)
+        assert not policy.gemm_pays_off(kernel_shape)
         assert "convolution" in weight_grad_hlo("cpu", kernel_shape)
 
 
 def test_equal_channel_kernels_keep_xla_weight_gradient_on_cpu(host_without_avx512):
-    assert not conv.gemm_pays_off((3, 3, 4, 4))
+    assert not policy.gemm_pays_off((3, 3, 4, 4))
     assert "convolution" in weight_grad_hlo("cpu", (3, 3, 4, 4))
     assert "convolution" not in weight_grad_hlo("cpu", (1, 1, 4, 4))
     # A slice of a larger kernel (``Conv`` on several parts) goes by the whole kernel.
@@ -279,12 +279,12 @@ def test_winograd_rejects_odd_sizes_by_shape():
 @pytest.fixture
 def winograd_host(monkeypatch):
     """A host where the CPU uses Winograd's form (one with AVX-512), whatever this one is."""
-    monkeypatch.setattr(conv, "WINOGRAD_ON_THIS_CPU", True)
+    monkeypatch.setattr(policy, "host_has_avx512", lambda: True)
 
 
 def test_no_winograd_on_other_hosts(monkeypatch):
-    monkeypatch.setattr(conv, "WINOGRAD_ON_THIS_CPU", False)
-    assert not conv.winograd_pays_off((4, 32, 32, 64), (3, 3, 64, 128))
+    monkeypatch.setattr(policy, "host_has_avx512", lambda: False)
+    assert not policy.winograd_pays_off((4, 32, 32, 64), (3, 3, 64, 128))
 
 
 @pytest.mark.parametrize("x_shape, kernel_shape, dtype, chosen", [
@@ -300,12 +300,12 @@ def test_no_winograd_on_other_hosts(monkeypatch):
     (jax.export.symbolic_shape("b, 32, 32, 64"), (3, 3, 64, 128), jnp.float32, False),
 ])
 def test_winograd_form_on_cpu_by_shape(x_shape, kernel_shape, dtype, chosen, winograd_host):
-    assert conv.winograd_pays_off(x_shape, kernel_shape, dtype) == chosen
+    assert policy.winograd_pays_off(x_shape, kernel_shape, dtype) == chosen
 
 
 def test_winograd_on_cpu_and_xla_convolution_elsewhere(winograd_host):
     x, w = jnp.zeros((1, 32, 32, 64)), jnp.zeros((3, 3, 64, 64))
-    assert conv.winograd_pays_off(x.shape, w.shape)
+    assert policy.winograd_pays_off(x.shape, w.shape)
 
     def train_hlo(platform):
         def pullback(x, w):

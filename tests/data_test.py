@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 from conftest import NO_REAL_DATA, REAL_DATA, good_pair, write_pair
-from lungseg_jax import data
+from lungseg_jax.data import preprocess, splits
+from lungseg_jax.data import slices as folders
+from lungseg_jax.data.phantoms import synthetic_slices
 
 
 def test_phantoms_are_deterministic_and_ct_like():
-    a, b = data.synthetic_slices(3, 64, seed=5), data.synthetic_slices(3, 64, seed=5)
-    c = data.synthetic_slices(3, 64, seed=6)
+    a, b = synthetic_slices(3, 64, seed=5), synthetic_slices(3, 64, seed=5)
+    c = synthetic_slices(3, 64, seed=6)
     for x, y in zip(a.images + a.masks, b.images + b.masks):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(a.images[0], c.images[0])
@@ -27,7 +29,7 @@ def test_phantoms_are_deterministic_and_ct_like():
 
 @pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=NO_REAL_DATA)
 def test_reads_the_real_dataset_folder():
-    slices = data.read_folder(REAL_DATA)
+    slices = folders.read_folder(REAL_DATA)
     assert len(slices) == 240
     assert all(im.shape == (512, 512) and im.dtype == np.int16 for im in slices.images)
     assert all(set(np.unique(m)) == {0, 1} for m in slices.masks)
@@ -37,7 +39,7 @@ def test_reads_the_real_dataset_folder():
 def test_reads_masks_encoded_0_255_and_0_1(tmp_path):
     write_pair(tmp_path, "a", *good_pair(value=255))
     write_pair(tmp_path, "b", *good_pair(value=1))
-    slices = data.read_folder(str(tmp_path))
+    slices = folders.read_folder(str(tmp_path))
     assert slices.names == ["a", "b"]
     np.testing.assert_array_equal(slices.masks[0], slices.masks[1])
     assert slices.masks[0].max() == 1
@@ -78,25 +80,25 @@ def test_bad_folders_raise_errors_naming_the_fault(tmp_path, breakage, message):
         for sub in ("2d_images", "2d_masks"):
             os.remove(tmp_path / sub / "ok.tif")
     with pytest.raises(ValueError, match=message) as error:
-        data.read_folder(str(tmp_path))
+        folders.read_folder(str(tmp_path))
     if breakage in ("shape", "unreadable", "non_binary"):
         assert "bad.tif" in str(error.value)
 
 
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="2d_images"):
-        data.read_folder(str(tmp_path / "nowhere"))
+        folders.read_folder(str(tmp_path / "nowhere"))
 
 
 def test_window_maps_hounsfield_range_to_unit_interval():
     hu = np.array([-2000, -1350, -600, 150, 3000], np.int16)
-    np.testing.assert_allclose(data.window(hu, -1350, 150), [0, 0, 0.5, 1, 1])
+    np.testing.assert_allclose(preprocess.window(hu, -1350, 150), [0, 0, 0.5, 1, 1])
 
 
 def test_preprocess_resizes_and_keeps_masks_binary(tiny_config):
-    slices = data.synthetic_slices(3, 64, seed=0)
+    slices = synthetic_slices(3, 64, seed=0)
     tiny_config.data.channels = 3
-    images, masks = data.preprocess(slices, tiny_config.data)
+    images, masks = preprocess.preprocess(slices, tiny_config.data)
     assert images.shape == (3, 32, 32, 3) and masks.shape == (3, 32, 32, 1)
     assert images.min() >= 0 and images.max() <= 1
     np.testing.assert_array_equal(images[..., 0], images[..., 2])
@@ -106,8 +108,8 @@ def test_preprocess_resizes_and_keeps_masks_binary(tiny_config):
 
 
 def test_split_is_deterministic_disjoint_and_complete():
-    train, val = data.split_indices(50, 0.2, seed=3)
-    train2, val2 = data.split_indices(50, 0.2, seed=3)
+    train, val = splits.split_indices(50, 0.2, seed=3)
+    train2, val2 = splits.split_indices(50, 0.2, seed=3)
     np.testing.assert_array_equal(train, train2)
     np.testing.assert_array_equal(val, val2)
     assert len(val) == 10 and not set(train) & set(val)
@@ -116,32 +118,32 @@ def test_split_is_deterministic_disjoint_and_complete():
 
 def test_split_folder_links_a_disjoint_test_set(tmp_path):
     source = tmp_path / "source"
-    data.write_folder(str(source), data.synthetic_slices(10, 32, seed=0))
-    counts = data.split_folder(str(source), str(tmp_path / "split"), 0.2, seed=0)
+    folders.write_folder(str(source), synthetic_slices(10, 32, seed=0))
+    counts = splits.split_folder(str(source), str(tmp_path / "split"), 0.2, seed=0)
     assert counts == {"train": 8, "test": 2}
-    train = data.read_folder(str(tmp_path / "split" / "train"))
-    test = data.read_folder(str(tmp_path / "split" / "test"))
+    train = folders.read_folder(str(tmp_path / "split" / "train"))
+    test = folders.read_folder(str(tmp_path / "split" / "test"))
     assert len(train) == 8 and len(test) == 2 and not set(train.names) & set(test.names)
     assert os.path.islink(tmp_path / "split" / "test" / "2d_images" / (test.names[0] + ".tif"))
 
 
 def test_split_folder_refuses_an_existing_split_and_bad_fractions(tmp_path):
     source, split = tmp_path / "source", tmp_path / "split"
-    data.write_folder(str(source), data.synthetic_slices(10, 32, seed=0))
-    data.split_folder(str(source), str(split), 0.2, seed=0)
+    folders.write_folder(str(source), synthetic_slices(10, 32, seed=0))
+    splits.split_folder(str(source), str(split), 0.2, seed=0)
     with pytest.raises(FileExistsError, match="split/train"):  # another seed would mix in
-        data.split_folder(str(source), str(split), 0.2, seed=1)
+        splits.split_folder(str(source), str(split), 0.2, seed=1)
     for fraction in (-0.1, 0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match=f"test_fraction={fraction}"):
-            data.split_folder(str(source), str(tmp_path / "other"), fraction, seed=0)
+            splits.split_folder(str(source), str(tmp_path / "other"), fraction, seed=0)
     with pytest.raises(ValueError, match="empty train or test"):
-        data.split_folder(str(source), str(tmp_path / "other"), 0.01, seed=0)
+        splits.split_folder(str(source), str(tmp_path / "other"), 0.01, seed=0)
     assert not (tmp_path / "other").exists()
 
 
 def test_split_folder_refuses_unpaired_files(tmp_path):
     source = tmp_path / "source"
-    data.write_folder(str(source), data.synthetic_slices(4, 32, seed=0))
+    folders.write_folder(str(source), synthetic_slices(4, 32, seed=0))
     os.remove(source / "2d_masks" / "phantom_0002.tif")
     with pytest.raises(ValueError, match="phantom_0002"):
-        data.split_folder(str(source), str(tmp_path / "split"), 0.25, seed=0)
+        splits.split_folder(str(source), str(tmp_path / "split"), 0.25, seed=0)

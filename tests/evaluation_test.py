@@ -10,7 +10,14 @@ import cv2
 import numpy as np
 import pytest
 
-from lungseg_jax import data, evaluation, report, trainer
+from lungseg_jax.data import preprocess
+from lungseg_jax.data import slices as folders
+from lungseg_jax.data.phantoms import synthetic_slices
+from lungseg_jax.evaluation import evaluator, report
+from lungseg_jax.model.unet import probability_fn
+from lungseg_jax.rundir.trained import restore_trained
+from lungseg_jax.serving import inference
+from lungseg_jax.training.loop import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -18,31 +25,33 @@ def workdir(tmp_path_factory):
     """A tiny finished run (2 snapshots, at steps 4 and 8)."""
     from conftest import tiny_config as make  # fixture function, called directly
     path = str(tmp_path_factory.mktemp("run"))
-    trainer.train_and_evaluate(make.__wrapped__(), path)
+    train_and_evaluate(make.__wrapped__(), path)
     return path
 
 
 @pytest.fixture(scope="module")
 def test_dir(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("test"))
-    data.write_folder(path, data.synthetic_slices(5, 48, seed=77))
+    folders.write_folder(path, synthetic_slices(5, 48, seed=77))
     return path
 
 
 def test_tta_prediction_is_flip_equivariant(workdir):
-    restored = trainer.restore_variables(workdir)
-    slices = data.synthetic_slices(3, 64, seed=5)
-    images, _ = data.preprocess(slices, restored.config.data)
-    predict_fn = evaluation.make_predict_fn(restored.model)
+    restored = restore_trained(workdir)
+    slices = synthetic_slices(3, 64, seed=5)
+    images, _ = preprocess.preprocess(slices, restored.config.data)
+    predict_fn = probability_fn(restored.model)
     variables = restored.variables[restored.final_step]
-    plain, tta = evaluation.predict_plain_and_tta(predict_fn, variables, images, 4)
-    plain_f, tta_f = evaluation.predict_plain_and_tta(predict_fn, variables,
-                                                      images[:, :, ::-1], 4)
+
+    def predict(batch):
+        return predict_fn(variables, batch)
+
+    plain, tta = inference.plain_and_flip_tta(predict, images, 4)
+    plain_f, tta_f = inference.plain_and_flip_tta(predict, images[:, :, ::-1], 4)
     np.testing.assert_allclose(tta_f, tta[:, :, ::-1], atol=1e-6)
     # The model alone is not equivariant, so the check above is not vacuous.
     assert np.abs(plain_f - plain[:, :, ::-1]).max() > 1e-4
-    np.testing.assert_allclose(plain, evaluation.predict_probabilities(
-        predict_fn, variables, images, 4), atol=1e-6)
+    np.testing.assert_allclose(plain, predict(images), atol=1e-6)
 
 
 def test_postprocessing_keeps_the_two_largest_components():
@@ -54,12 +63,12 @@ def test_postprocessing_keeps_the_two_largest_components():
     mask[0, 39] = True  # 1
     expected = np.zeros_like(mask)
     expected[2:12, 2:10] = expected[20:29, 25:38] = True
-    np.testing.assert_array_equal(evaluation.keep_largest_components(mask), expected)
+    np.testing.assert_array_equal(inference.keep_largest_components(mask), expected)
     # Diagonal neighbours join (8-connectivity); masks with fewer components are unchanged.
     two = np.eye(6, dtype=bool)
     two[0, 5] = True
-    np.testing.assert_array_equal(evaluation.keep_largest_components(two), two)
-    assert not evaluation.keep_largest_components(np.zeros((4, 4), bool)).any()
+    np.testing.assert_array_equal(inference.keep_largest_components(two), two)
+    assert not inference.keep_largest_components(np.zeros((4, 4), bool)).any()
 
 
 def brute_force_hd95(pred, truth):
@@ -91,12 +100,12 @@ def test_hd95_matches_brute_force():
 
 def test_ensemble_last_out_of_range_is_refused(workdir, test_dir):
     with pytest.raises(ValueError, match="ensemble_last=3 .* 2 snapshots"):
-        evaluation.evaluate_workdir(workdir, test_dir, ensemble_last=3)
+        evaluator.evaluate_workdir(workdir, test_dir, ensemble_last=3)
 
 
 def test_variants_validation_winner_and_report_files(workdir, test_dir, tmp_path):
     prefix = str(tmp_path / "out" / "test")
-    result = evaluation.evaluate_workdir(workdir, test_dir, ensemble_last=1, tta=True,
+    result = evaluator.evaluate_workdir(workdir, test_dir, ensemble_last=1, tta=True,
                                          postprocess=True, select_on_validation=True,
                                          report_prefix=prefix)
     json.dumps(result, allow_nan=False)  # plain JSON
@@ -104,7 +113,7 @@ def test_variants_validation_winner_and_report_files(workdir, test_dir, tmp_path
     # The flags apply to final/snapshots/ensemble; the ensemble of the last 1 is that snapshot.
     assert result["options"]["ensemble_members"] == [8]
     assert result["ensemble"] == {k: v for k, v in result["snapshots"][-1].items() if k != "step"}
-    names = [evaluation.variant_name(*v) for v in evaluation.VARIANTS]
+    names = [evaluator.variant_name(*v) for v in evaluator.VARIANTS]
     assert set(names) == {"final", "final+pp", "final+tta", "final+tta+pp", "ensemble",
                           "ensemble+pp", "ensemble+tta", "ensemble+tta+pp"}
     assert list(result["variants"]) == names
@@ -128,7 +137,7 @@ def test_variants_validation_winner_and_report_files(workdir, test_dir, tmp_path
     counts = np.array([[int(r[k]) for k in ("intersection", "union")] for r in rows])
     np.testing.assert_allclose(counts[:, 0].sum() / counts[:, 1].sum(), scores["pooled_iou"])
     np.testing.assert_allclose(counts[:, 0] / counts[:, 1], [float(r["iou"]) for r in rows])
-    truth = data.read_folder(test_dir).masks
+    truth = folders.read_folder(test_dir).masks
     assert [int(r["true"]) for r in rows] == [int((m > 0).sum()) for m in truth]
     np.testing.assert_allclose(np.mean([float(r["iou"]) for r in rows]), scores["mean_iou"])
     np.testing.assert_allclose(np.mean([float(r["dice"]) for r in rows]), scores["mean_dice"])

@@ -9,26 +9,30 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from lungseg_jax import data, evaluation, export, exported, trainer
+from lungseg_jax.data import preprocess
+from lungseg_jax.data.phantoms import synthetic_slices
+from lungseg_jax.model.unet import probability_fn
+from lungseg_jax.rundir.trained import restore_trained
+from lungseg_jax.serving import export, exported
+from lungseg_jax.training.loop import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from conftest import tiny_config as make  # fixture function, called directly
     workdir = str(tmp_path_factory.mktemp("trained"))
-    trainer.train_and_evaluate(make.__wrapped__(), workdir)
+    train_and_evaluate(make.__wrapped__(), workdir)
     output = str(tmp_path_factory.mktemp("export"))
     return workdir, output, export.export_workdir(workdir, output, platforms=("cpu",))
 
 
 def test_loaded_artifacts_predict_like_the_model(trained):
     workdir, output, metadata = trained
-    restored = trainer.restore_variables(workdir)
-    slices = data.synthetic_slices(6, 48, seed=5)
-    images = data.preprocess_images(slices.images, 32, (-1350.0, 150.0), 1)
-    predict_fn = evaluation.make_predict_fn(restored.model)
-    reference = np.stack([evaluation.predict_probabilities(predict_fn, restored.variables[s],
-                                                           images, 4) for s in (4, 8)])
+    restored = restore_trained(workdir)
+    slices = synthetic_slices(6, 48, seed=5)
+    images = preprocess.preprocess_images(slices.images, 32, (-1350.0, 150.0), 1)
+    predict_fn = probability_fn(restored.model)
+    reference = np.stack([predict_fn(restored.variables[s], images) for s in (4, 8)])
     model = exported.ExportedModel(output)
     members, ensemble = model.snapshots(images, 4), model.ensemble(images, 4)
     # XLA folds the exported weights as constants: probabilities agree to a float32 ulp.
@@ -56,10 +60,10 @@ def test_metadata_records_preprocessing_and_provenance(trained):
 def test_loader_needs_neither_flax_nor_the_model_code(trained):
     _, output, _ = trained
     code = ("import sys\n"
-            "for name in ('flax', 'optax', 'orbax', 'lungseg_jax.models', 'lungseg_jax.trainer'):\n"
+            "for name in ('flax', 'optax', 'orbax', 'lungseg_jax.model', 'lungseg_jax.training'):\n"
             "    sys.modules[name] = None  # any import of them now fails\n"
             "import numpy as np\n"
-            "from lungseg_jax import exported\n"
+            "from lungseg_jax.serving import exported\n"
             f"m = exported.ExportedModel({output!r})\n"
             "print(m.ensemble(np.full((2, 32, 32, 1), 0.3, np.float32)).shape)\n")
     run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,

@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_FLAGS, deterministic_metrics
-from lungseg_jax import checkpointing, data, distributed, trainer
+from lungseg_jax.core import distributed
+from lungseg_jax.data import sources
+from lungseg_jax.rundir import checkpoints
+from lungseg_jax.rundir.trained import restore_trained
 
 TIMEOUT_S = 300
 
@@ -68,8 +71,8 @@ def run_processes(commands, env, log_prefix):
 
 def final_predictions(workdir):
     """Probabilities of the final weights on the run's own validation images."""
-    restored = trainer.restore_variables(workdir)
-    _, _, val_images, _ = data.load_train_val(restored.config.data)
+    restored = restore_trained(workdir)
+    _, _, val_images, _ = sources.load_train_val(restored.config.data)
     logits = restored.model.apply(restored.variables[restored.final_step], val_images,
                                   train=False)
     return restored.final_step, 1.0 / (1.0 + np.exp(-np.asarray(logits)))
@@ -97,8 +100,8 @@ def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
         for key in ("val_pooled_iou", "val_mean_iou", "val_mean_dice"):
             np.testing.assert_allclose(ra[key], rb[key], atol=5e-3, err_msg=key)
     # Both processes saved through orbax: every checkpoint is complete and restorable.
-    manager = checkpointing.create_manager(str(multi), read_only=True)
-    assert checkpointing.saved_snapshot_steps(manager) == [4, 8]
+    manager = checkpoints.create_manager(str(multi), read_only=True)
+    assert checkpoints.saved_snapshot_steps(manager) == [4, 8]
     (step_a, probs_a), (step_b, probs_b) = final_predictions(multi), final_predictions(single)
     assert step_a == step_b == 8
     np.testing.assert_allclose(probs_a, probs_b, atol=1e-4)
@@ -127,7 +130,7 @@ def test_sigterm_stops_both_processes_after_the_same_call(tmp_path):
     stopped = [int(re.search(r"stopped at step (\d+) on SIGTERM", out).group(1))
                for out in outputs]
     assert stopped[0] == stopped[1] >= 8
-    manager = checkpointing.create_manager(str(workdir), read_only=True)
+    manager = checkpoints.create_manager(str(workdir), read_only=True)
     assert manager.latest_step() == stopped[0]
 
 

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from lungseg_jax import op_profile
+from lungseg_jax.perf import op_profile
 
 HLO = """HloModule jit_step
 

@@ -6,14 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lungseg_jax import pooling
-from references import reference_pool_2x2, reference_pool_same, reference_upsample
+from lungseg_jax.ops import pooling, reference
 
-POOLS = [(pooling.max_pool_2x2, reference_pool_2x2),
-         (pooling.max_pool_2x2_same, reference_pool_same),
+POOLS = [(pooling.max_pool_2x2, reference.max_pool_2x2),
+         (pooling.max_pool_2x2_same, reference.max_pool_2x2_same),
          # From the small tensor, against the pool of the upsampled one (jax.image.resize).
          (pooling.max_pool_2x2_same_of_upsampled,
-          lambda x: reference_pool_same(reference_upsample(x)))]
+          lambda x: reference.max_pool_2x2_same(reference.upsample_2x(x)))]
 
 
 def random_input(ties: bool):

@@ -19,7 +19,8 @@ import pytest
 import tifffile
 
 from conftest import REPO
-from lungseg_jax import data, export, exported, predict
+from lungseg_jax.data import preprocess
+from lungseg_jax.serving import export, exported, predict
 
 HU_WINDOW = (-1350.0, 150.0)
 SIZE = 32
@@ -65,7 +66,7 @@ def test_slices_in_each_format_give_masks_in_that_format(model, tmp_path):
                      resolutionunit="CENTIMETER")
     np.save(tmp_path / "b.npy", image)
     cv2.imwrite(str(tmp_path / "c.png"),
-                np.rint(data.window(image, *HU_WINDOW) * 255).astype(np.uint8))
+                np.rint(preprocess.window(image, *HU_WINDOW) * 255).astype(np.uint8))
     out = tmp_path / "out"
     results = {name: predict.predict_file(model, str(tmp_path / name), str(out), batch_size=4)
                for name in ("a.tif", "b.npy", "c.png")}
@@ -122,7 +123,7 @@ def test_nifti_volume_of_known_lung_volume(model, tmp_path):
 
 def test_segment_stays_consistent_across_batch_sizes(model):
     image, _ = lungs_2d(40, 40)
-    slices = np.stack([data.window(image, *HU_WINDOW)] * 5)
+    slices = np.stack([preprocess.window(image, *HU_WINDOW)] * 5)
     one, _ = predict.segment(model, slices, batch_size=1)
     four, _ = predict.segment(model, slices, batch_size=4)
     np.testing.assert_allclose(one, four, atol=1e-6)

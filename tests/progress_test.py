@@ -3,7 +3,8 @@
 import io
 import re
 
-from lungseg_jax import progress, trainer
+from lungseg_jax.core import progress
+from lungseg_jax.training.loop import train_and_evaluate
 
 
 REAL_PROGRESS = progress.Progress
@@ -47,7 +48,7 @@ def drawn_losses(config, workdir, monkeypatch) -> dict:
         return REAL_PROGRESS(*args, **{**kwargs, "stream": out, "interval": 0.0, "enabled": True})
 
     monkeypatch.setattr(progress, "Progress", on_terminal)
-    trainer.train_and_evaluate(config, workdir)
+    train_and_evaluate(config, workdir)
     return {int(step): loss for step, loss in
             re.findall(r"step (\d+)/8 \[[#.]+\] loss (\d+\.\d+)", out.getvalue())}
 

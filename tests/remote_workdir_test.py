@@ -18,7 +18,14 @@ import pytest
 from etils.epath import testing as epath_testing
 from orbax.checkpoint._src.path import gcs_utils
 
-from lungseg_jax import data, evaluation, export, exported, rundir, tracking, trainer
+from lungseg_jax.core.files import write_atomic
+from lungseg_jax.data import slices as folders
+from lungseg_jax.data.phantoms import synthetic_slices
+from lungseg_jax.evaluation import evaluator
+from lungseg_jax.rundir import records
+from lungseg_jax.serving import export, exported
+from lungseg_jax.tracking import tracker
+from lungseg_jax.training.loop import train_and_evaluate
 
 URI = "gs://"
 
@@ -78,22 +85,22 @@ def bucket(tmp_path, monkeypatch):
 def test_run_files_in_a_bucket(bucket, tiny_config):
     workdir = "gs://bucket/run"
     with pytest.raises(FileNotFoundError, match="gs://bucket/run/config.json not found"):
-        rundir.load_config(workdir)
-    rundir.prepare_workdir(workdir, tiny_config, write=True)
+        records.load_config(workdir)
+    records.prepare_workdir(workdir, tiny_config, write=True)
     assert json.loads((bucket / "run" / "config.json").read_text())["batch_size"] == 4
-    assert rundir.load_config(workdir).model.features == [4, 8]
-    rundir.prepare_workdir(workdir, tiny_config, write=False)  # same config: a resume
+    assert records.load_config(workdir).model.features == [4, 8]
+    records.prepare_workdir(workdir, tiny_config, write=False)  # same config: a resume
     tiny_config.learning_rate = 0.5
     with pytest.raises(ValueError, match="learning_rate: 0.001 -> 0.5"):
-        rundir.prepare_workdir(workdir, tiny_config, write=False)
+        records.prepare_workdir(workdir, tiny_config, write=False)
 
     metrics = f"{workdir}/metrics.jsonl"
-    rundir.truncate_metrics(metrics, 4)  # no file yet: nothing to do
+    records.truncate_metrics(metrics, 4)  # no file yet: nothing to do
     for step in (4, 8, 12):
-        rundir.append_metrics(metrics, {"step": step})
-    rundir.truncate_metrics(metrics, 8)
+        records.append_metrics(metrics, {"step": step})
+    records.truncate_metrics(metrics, 8)
     assert (bucket / "run" / "metrics.jsonl").read_text() == '{"step": 4}\n{"step": 8}\n'
-    rundir.write_atomic(metrics, "replaced\n")
+    write_atomic(metrics, "replaced\n")
     assert (bucket / "run" / "metrics.jsonl").read_text() == "replaced\n"
     assert sorted(os.listdir(bucket / "run")) == ["config.json", "metrics.jsonl"]
 
@@ -103,8 +110,8 @@ def test_local_writes_stay_renamed_and_appended(tmp_path, monkeypatch):
     real_replace = os.replace
     monkeypatch.setattr(os, "replace", lambda a, b: (renames.append(b), real_replace(a, b)))
     path = tmp_path / "metrics.jsonl"
-    rundir.write_atomic(path, '{"step": 4}\n')
-    rundir.append_metrics(str(path), {"step": 8})
+    write_atomic(path, '{"step": 4}\n')
+    records.append_metrics(str(path), {"step": 8})
     assert renames == [path] and os.listdir(tmp_path) == ["metrics.jsonl"]
     assert path.read_text() == '{"step": 4}\n{"step": 8}\n'
 
@@ -113,9 +120,9 @@ def test_training_resume_evaluation_and_export_in_a_bucket(bucket, tiny_config, 
                                                            crash_after_first_checkpoint):
     workdir = "gs://bucket/run"
     with pytest.raises(KeyboardInterrupt):  # killed after the checkpoint at step 4
-        trainer.train_and_evaluate(tiny_config, workdir)
+        train_and_evaluate(tiny_config, workdir)
     crash_after_first_checkpoint()  # saves work again
-    assert int(trainer.train_and_evaluate(tiny_config, workdir).step) == 8  # resumed
+    assert int(train_and_evaluate(tiny_config, workdir).step) == 8  # resumed
     run = bucket / "run"
     records = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in records] == [4, 8]
@@ -123,8 +130,8 @@ def test_training_resume_evaluation_and_export_in_a_bucket(bucket, tiny_config, 
         assert (run / "checkpoints" / step / "commit_success.txt").exists()
 
     test_dir = str(tmp_path / "test")
-    data.write_folder(test_dir, data.synthetic_slices(3, 48, seed=7))
-    result = evaluation.evaluate_workdir(workdir, test_dir, report_prefix=f"{workdir}/eval")
+    folders.write_folder(test_dir, synthetic_slices(3, 48, seed=7))
+    result = evaluator.evaluate_workdir(workdir, test_dir, report_prefix=f"{workdir}/eval")
     assert [s["step"] for s in result["snapshots"]] == [4, 8]
     report = [name for name in os.listdir(run) if name.startswith("eval")]
     assert {"eval.csv", "eval.md", "eval_curves.png"} <= set(report)
@@ -141,6 +148,6 @@ def test_tracking_with_a_bucket_workdir_needs_a_tracking_uri(tiny_config, monkey
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tiny_config.tracking.mlflow = True
     with pytest.raises(ValueError, match="--workdir=gs://bucket/run: .*set MLFLOW_TRACKING_URI"):
-        tracking.Tracker(tiny_config, "gs://bucket/run")
+        tracker.Tracker(tiny_config, "gs://bucket/run")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/mlflow.db")
-    assert tracking.tracking_uri("gs://bucket/run") == "sqlite:////tmp/mlflow.db"
+    assert tracker.tracking_uri("gs://bucket/run") == "sqlite:////tmp/mlflow.db"

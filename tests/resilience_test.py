@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_FLAGS, deterministic_metrics
-from lungseg_jax import checkpointing, trainer
+from lungseg_jax.rundir import checkpoints
+from lungseg_jax.rundir.trained import restore_trained
 
 # The conv U-Net: fewer arrays than the inception one, so a checkpoint every step stays cheap.
 TINY = [*TINY_FLAGS, "--config.model.name=conv_unet", "--config.checkpoint.every_steps=1"]
@@ -39,7 +40,7 @@ def run(workdir, *overrides):
 
 def saved_steps(workdir) -> list:
     """Steps of the finished checkpoints (orbax renames a checkpoint into place when complete)."""
-    directory = checkpointing.checkpoint_dir(str(workdir))
+    directory = checkpoints.checkpoint_dir(str(workdir))
     if not os.path.isdir(directory):
         return []
     return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
@@ -73,7 +74,7 @@ def interrupt(workdir, signum, after_step: int, extra_delay: float):
 
 
 def final_variables(workdir):
-    restored = trainer.restore_variables(str(workdir))
+    restored = restore_trained(str(workdir))
     assert restored.final_step == TOTAL_STEPS
     return jax.device_get(restored.variables[restored.final_step])
 
@@ -136,7 +137,7 @@ def test_diverging_run_stops_naming_the_step_and_keeps_the_last_finite_checkpoin
     bad_step = int(output.split("FloatingPointError")[-1].split(" at step ")[1].split(";")[0])
     assert 1 < bad_step <= TOTAL_STEPS
     assert saved_steps(workdir)[-1] == bad_step - 1
-    restored = trainer.restore_variables(str(workdir))
+    restored = restore_trained(str(workdir))
     assert restored.final_step == bad_step - 1
     for leaf in jax.tree.leaves(jax.device_get(restored.variables[bad_step - 1])):
         assert np.all(np.isfinite(leaf))

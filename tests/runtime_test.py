@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import pytest
 
 from conftest import REPO
-from lungseg_jax import models, runtime
+from lungseg_jax.core import runtime
+from lungseg_jax.model.unet import MODELS
+from lungseg_jax.ops import policy
 
 
 def skip_without_huge_pages():
@@ -39,9 +41,9 @@ def test_host_cpu_reads_the_first_processor(tmp_path, flags, avx512):
     first = (f"processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: Some CPU\n"
              f"flags\t\t: {flags}\n")
     cpuinfo.write_text(first + "\n" + first.replace("Some CPU", "Another CPU") + "\n")
-    assert runtime.host_cpu(str(cpuinfo)) == {"name": "Some CPU", "family": "25",
+    assert policy.host_cpu(str(cpuinfo)) == {"name": "Some CPU", "family": "25",
                                                "model": "17", "avx512": avx512}
-    assert runtime.host_cpu(str(tmp_path / "missing")) == {}
+    assert policy.host_cpu(str(tmp_path / "missing")) == {}
 
 
 def test_huge_pages_environment_adds_the_tunable_only_where_it_helps():
@@ -70,7 +72,7 @@ REEXEC = """
 import importlib.machinery, os, sys
 if sys.argv[1] == "entry":
     sys.modules["__main__"].__spec__ = importlib.machinery.ModuleSpec("lungseg_jax.x", None)
-from lungseg_jax import runtime
+from lungseg_jax.core import runtime
 print("start", os.environ.get("GLIBC_TUNABLES"), flush=True)
 runtime.reexec_with_huge_pages()
 print("after", flush=True)
@@ -139,7 +141,7 @@ def test_setup_keeps_the_collector_out_of_tracing():
     def collections_while_tracing():
         counted = []
         callback = lambda phase, info: counted.append(phase)  # noqa: E731
-        model = models.MODELS["incp_unet"](features=(4, 8))
+        model = MODELS["incp_unet"](features=(4, 8))
         x = jnp.zeros((1, 16, 16, 1))
         gc.callbacks.append(callback)
         try:

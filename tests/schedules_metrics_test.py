@@ -7,7 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lungseg_jax import metrics, schedules
+from lungseg_jax.core import metrics
+from lungseg_jax.training import losses, schedules
 
 
 def schedule(name, num_cycles=1):
@@ -47,8 +48,8 @@ def test_losses_match_numpy():
     p = 1 / (1 + np.exp(-logits))
     bce = -np.mean(masks * np.log(p) + (1 - masks) * np.log(1 - p))
     dice = 1 - (2 * np.sum(p * masks) + 1) / (p.sum() + masks.sum() + 1)
-    np.testing.assert_allclose(metrics.bce_loss(jnp.array(logits), masks), bce, rtol=1e-5)
-    np.testing.assert_allclose(metrics.bce_dice_loss(jnp.array(logits), masks), bce + dice,
+    np.testing.assert_allclose(losses.bce_loss(jnp.array(logits), masks), bce, rtol=1e-5)
+    np.testing.assert_allclose(losses.bce_dice_loss(jnp.array(logits), masks), bce + dice,
                                rtol=1e-5)
 
 

@@ -9,21 +9,24 @@ import pytest
 pytest.importorskip("tensorflow_datasets", reason="the 'tfds' extra is not installed")
 
 from conftest import NO_REAL_DATA, REAL_DATA  # noqa: E402
-from lungseg_jax import data, tfds_lungs, trainer  # noqa: E402
+from lungseg_jax.data import slices as folders  # noqa: E402
+from lungseg_jax.data import sources, tfds_lungs  # noqa: E402
+from lungseg_jax.data.phantoms import synthetic_slices  # noqa: E402
+from lungseg_jax.training.loop import train_and_evaluate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """20 phantoms in the Kaggle layout, with the extreme int16 values in one slice."""
-    slices = data.synthetic_slices(20, 64, seed=11)
+    slices = synthetic_slices(20, 64, seed=11)
     slices.images[3][0, :2] = (-32768, 32767)
     path = str(tmp_path_factory.mktemp("kaggle"))
-    data.write_folder(path, slices)
+    folders.write_folder(path, slices)
     return path
 
 
 def test_builder_round_trips_the_folder_exactly(folder, tmp_path):
-    expected = data.read_folder(folder)
+    expected = folders.read_folder(folder)
     got = tfds_lungs.load_slices(folder, str(tmp_path))
     assert os.listdir(tmp_path / tfds_lungs.NAME / "1.0.0")  # built as array_record there
     assert any(f.endswith("array_record-00000-of-00001")
@@ -43,7 +46,7 @@ def test_builder_round_trips_the_folder_exactly(folder, tmp_path):
 def test_build_of_another_folder_is_refused(folder, tmp_path):
     tfds_lungs.load_slices(folder, str(tmp_path))
     other = str(tmp_path / "other")
-    data.write_folder(other, data.synthetic_slices(2, 32, seed=1).subset([1]))
+    folders.write_folder(other, synthetic_slices(2, 32, seed=1).subset([1]))
     with pytest.raises(ValueError, match="holds other slices than"):
         tfds_lungs.load_slices(other, str(tmp_path))
 
@@ -53,12 +56,12 @@ def test_training_from_tfds_matches_the_folder_source(folder, tmp_path, tiny_con
     tiny_config.data.path = folder
     tiny_config.data.tfds_data_dir = str(tmp_path / "tfds")
     tiny_config.num_epochs = 1
-    from_tfds = data.load_train_val(tiny_config.data)
+    from_tfds = sources.load_train_val(tiny_config.data)
     folder_config = tiny_config.data.copy_and_resolve_references()
     folder_config.source = "folder"
-    for a, b in zip(from_tfds, data.load_train_val(folder_config)):
+    for a, b in zip(from_tfds, sources.load_train_val(folder_config)):
         np.testing.assert_array_equal(a, b)
-    state = trainer.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+    state = train_and_evaluate(tiny_config, str(tmp_path / "run"))
     assert int(state.step) == 4  # 16 training slices, batch 4, 1 epoch
     with open(tmp_path / "run" / "metrics.jsonl") as f:
         record = json.loads(f.readline())
@@ -68,7 +71,7 @@ def test_training_from_tfds_matches_the_folder_source(folder, tmp_path, tiny_con
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=NO_REAL_DATA)
 def test_real_dataset_round_trips(tmp_path):
-    expected = data.read_folder(REAL_DATA)
+    expected = folders.read_folder(REAL_DATA)
     got = tfds_lungs.load_slices(REAL_DATA, str(tmp_path))
     assert got.names == expected.names and len(got) == 240
     for a, b in zip(got.images + got.masks, expected.images + expected.masks):

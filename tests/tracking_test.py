@@ -12,7 +12,13 @@ mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from conftest import REPO  # noqa: E402
-from lungseg_jax import data, evaluation, exported, tracking, trainer  # noqa: E402
+from lungseg_jax.data import preprocess  # noqa: E402
+from lungseg_jax.data import slices as folders  # noqa: E402
+from lungseg_jax.data.phantoms import synthetic_slices  # noqa: E402
+from lungseg_jax.evaluation import evaluator  # noqa: E402
+from lungseg_jax.serving import exported, predict  # noqa: E402
+from lungseg_jax.tracking import tracker as tracking  # noqa: E402
+from lungseg_jax.training.loop import train_and_evaluate  # noqa: E402
 
 
 def tracked_config():
@@ -26,9 +32,9 @@ def tracked_config():
 def train_tracked(config, workdir, test_dir=None, finish=True):
     """What ``lungseg_jax.train`` does with tracking on (``finish``: log artifacts and model)."""
     with tracking.Tracker(config, workdir) as tracker:
-        trainer.train_and_evaluate(config, workdir, on_epoch_end=tracker.log_epoch)
+        train_and_evaluate(config, workdir, on_epoch_end=tracker.log_epoch)
         if finish:
-            tracker.finish(evaluation.evaluate_workdir(workdir, test_dir) if test_dir else None)
+            tracker.finish(evaluator.evaluate_workdir(workdir, test_dir) if test_dir else None)
 
 
 def read_metrics(workdir):
@@ -41,7 +47,7 @@ def tracked_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:  # mlflow.set_tracking_uri sets the variable
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
         workdir, test_dir = (str(tmp_path_factory.mktemp(n)) for n in ("run", "test"))
-        data.write_folder(test_dir, data.synthetic_slices(3, 48, seed=7))
+        folders.write_folder(test_dir, synthetic_slices(3, 48, seed=7))
         train_tracked(tracked_config(), workdir, test_dir)
         yield workdir, MlflowClient(tracking.workdir_uri(workdir))
 
@@ -87,13 +93,12 @@ def test_logged_model_predicts_like_the_export(tracked_run):
                                          output_format="list")
     assert [m.name for m in models] == ["model"]
     model = mlflow.pyfunc.load_model(models[0].model_uri)
-    slices = np.stack(data.synthetic_slices(2, 48, seed=9).images).astype(np.float32)
+    slices = np.stack(synthetic_slices(2, 48, seed=9).images).astype(np.float32)
     masks = model.predict(slices)
     assert masks.shape == (2, 48, 48) and masks.dtype == np.uint8
     export = exported.ExportedModel(os.path.join(workdir, tracking.EXPORT_DIR))
-    inputs = data.preprocess_images(list(slices), 32, (-1350.0, 150.0), 1)
-    from lungseg_jax import predict
-    probability, _ = predict.segment(export, data.window(slices, -1350.0, 150.0))
+    inputs = preprocess.preprocess_images(list(slices), 32, (-1350.0, 150.0), 1)
+    probability, _ = predict.segment(export, preprocess.window(slices, -1350.0, 150.0))
     np.testing.assert_array_equal(masks, probability > 0.5)
     assert export.ensemble(inputs).shape == (2, 32, 32)
 

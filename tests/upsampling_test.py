@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 from jax import lax
 
-from lungseg_jax import conv, upsampling
-from references import reference_upsample
+from lungseg_jax.ops import conv, reference, upsampling
 
 
 def conv_of_built(x, w):
-    return lax.conv_general_dilated(reference_upsample(x), w, (1, 1), "SAME",
+    return lax.conv_general_dilated(reference.upsample_2x(x), w, (1, 1), "SAME",
                                     dimension_numbers=conv.DIMENSION_NUMBERS)
 
 

@@ -1,0 +1,124 @@
+"""Slices of the dataset's folder layout: reading, writing and checking image/mask pairs.
+
+Folder layout (Kaggle "Finding and Measuring Lungs in CT Data", 2D part)::
+
+    DIR/2d_images/NAME.tif   int16 Hounsfield-like intensities
+    DIR/2d_masks/NAME.tif    lung mask, 0/1 or 0/255 (binarised with > 0)
+
+Everything here is host-side numpy, run once per run; the training step reads the
+preprocessed arrays from device memory.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+import tifffile
+
+IMAGE_DIR, MASK_DIR = "2d_images", "2d_masks"
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclasses.dataclass(frozen=True)
+class Slices:
+    """Raw slices: names, Hounsfield images and binary masks (lists of 2-D arrays)."""
+
+    names: list
+    images: list
+    masks: list
+
+    def __len__(self):
+        return len(self.names)
+
+    def subset(self, indices) -> "Slices":
+        return Slices([self.names[i] for i in indices], [self.images[i] for i in indices],
+                      [self.masks[i] for i in indices])
+
+
+def as_slice(array: np.ndarray, path: str) -> np.ndarray:
+    """``array`` squeezed to a 2-D slice of finite numbers; ValueError naming ``path``
+    (and the first bad pixel) otherwise."""
+    array = np.squeeze(array)
+    if array.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D slice, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{path}: expected numeric pixel values, got dtype {array.dtype}")
+    if not np.all(np.isfinite(array)):
+        bad = np.argwhere(~np.isfinite(array))[0]
+        raise ValueError(f"{path}: non-finite pixel value {array[tuple(bad)]} at "
+                         f"(row, column) {tuple(int(i) for i in bad)}")
+    return array
+
+
+def check_pair(image_path: str, image: np.ndarray, mask_path: str, mask: np.ndarray) -> None:
+    """Raises ValueError naming the file if a mask does not fit its image: another shape,
+    or values other than 0/1 or 0/255. Slices of different sizes are accepted: each is
+    resized to ``config.data.image_size``."""
+    if image.shape != mask.shape:
+        raise ValueError(f"{mask_path}: mask shape {mask.shape} != image shape {image.shape} "
+                         f"of {image_path}")
+    values = np.unique(mask)
+    if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+        raise ValueError(f"{mask_path}: mask is not binary (values {values[:6]}); "
+                         "expected 0/1 or 0/255")
+
+
+def _tiff_names(folder: str) -> dict:
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"missing folder {folder!r} (expected DIR/{IMAGE_DIR} and "
+                                f"DIR/{MASK_DIR} with matching .tif files)")
+    return {os.path.splitext(f)[0]: os.path.join(folder, f) for f in sorted(os.listdir(folder))
+            if f.lower().endswith(TIFF_SUFFIXES)}
+
+
+def _read_tiff(path: str) -> np.ndarray:
+    try:
+        array = tifffile.imread(path)
+    except Exception as e:  # tifffile raises many types for broken files
+        raise ValueError(f"cannot read {path}: {e}") from e
+    return as_slice(array, path)
+
+
+def paired_tiff_names(path: str) -> tuple[dict, dict]:
+    """``({name: image file}, {name: mask file})`` of ``path``'s slices, the same names.
+
+    Raises FileNotFoundError/ValueError naming the folder, or the files without a partner.
+    """
+    images = _tiff_names(os.path.join(path, IMAGE_DIR))
+    masks = _tiff_names(os.path.join(path, MASK_DIR))
+    if not images:
+        raise ValueError(f"no .tif images in {os.path.join(path, IMAGE_DIR)!r}")
+    for missing, have, where in ((set(images) - set(masks), "images", MASK_DIR),
+                                 (set(masks) - set(images), "masks", IMAGE_DIR)):
+        if missing:
+            raise ValueError(f"{len(missing)} {have} in {path!r} have no partner in {where}/: "
+                             f"{sorted(missing)[:5]}")
+    return images, masks
+
+
+def read_folder(path: str) -> Slices:
+    """Reads and checks ``path/2d_images/*.tif`` with ``path/2d_masks/*.tif`` (same names).
+
+    Raises FileNotFoundError/ValueError naming the folder, file or value at fault.
+    """
+    images, masks = paired_tiff_names(path)
+    slices = Slices([], [], [])
+    for name in sorted(images):
+        image, mask = _read_tiff(images[name]), _read_tiff(masks[name])
+        check_pair(images[name], image, masks[name], mask)
+        slices.names.append(name)
+        slices.images.append(image)
+        slices.masks.append((mask > 0).astype(np.uint8))
+    if not any(m.any() for m in slices.masks):
+        raise ValueError(f"every mask in {os.path.join(path, MASK_DIR)!r} is empty")
+    return slices
+
+
+def write_folder(path: str, slices: Slices) -> None:
+    """Writes ``slices`` in the dataset's folder layout (masks as 0/255 like Kaggle's)."""
+    for sub in (IMAGE_DIR, MASK_DIR):
+        os.makedirs(os.path.join(path, sub), exist_ok=True)
+    for name, image, mask in zip(slices.names, slices.images, slices.masks):
+        tifffile.imwrite(os.path.join(path, IMAGE_DIR, name + ".tif"), image)
+        tifffile.imwrite(os.path.join(path, MASK_DIR, name + ".tif"),
+                         (mask > 0).astype(np.uint8) * 255)

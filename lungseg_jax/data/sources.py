@@ -1,0 +1,38 @@
+"""The configured data source (``config.data``), loaded and split for training."""
+
+from lungseg_jax.data import phantoms
+from lungseg_jax.data.preprocess import preprocess
+from lungseg_jax.data.slices import Slices, read_folder
+from lungseg_jax.data.splits import split_indices
+
+
+def load_slices(data_config) -> Slices:
+    """All slices of the configured source (``synthetic``, ``folder`` or ``tfds``)."""
+    if data_config.source == "synthetic":
+        return phantoms.synthetic_slices(data_config.synthetic.num_images,
+                                         data_config.synthetic.size, data_config.synthetic.seed)
+    if data_config.source == "folder":
+        return read_folder(data_config.path)
+    if data_config.source == "tfds":
+        from lungseg_jax.data import tfds_lungs  # optional dependency
+        return tfds_lungs.load_slices(data_config.path, data_config.tfds_data_dir)
+    raise ValueError(f"unknown config.data.source {data_config.source!r}; "
+                     "expected 'synthetic', 'folder' or 'tfds'")
+
+
+def train_val_slices(data_config) -> tuple[Slices, Slices]:
+    """The source's (training, validation) slices, split by ``config.data.val_fraction``
+    and ``split_seed``: the same split every time."""
+    slices = load_slices(data_config)
+    train_idx, val_idx = split_indices(len(slices), data_config.val_fraction,
+                                       data_config.split_seed)
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise ValueError(f"{len(slices)} slices with config.data.val_fraction="
+                         f"{data_config.val_fraction} leave an empty train or validation set")
+    return slices.subset(train_idx), slices.subset(val_idx)
+
+
+def load_train_val(data_config):
+    """(train_images, train_masks, val_images, val_masks) preprocessed, as numpy."""
+    train, val = train_val_slices(data_config)
+    return (*preprocess(train, data_config), *preprocess(val, data_config))

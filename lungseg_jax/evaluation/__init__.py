@@ -1,0 +1,1 @@
+"""Evaluation of a workdir on a labelled folder (``evaluator``) and its report (``report``)."""

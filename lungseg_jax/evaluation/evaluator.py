@@ -1,0 +1,158 @@
+"""Evaluation of a workdir's final weights, snapshots and snapshot ensemble on a folder.
+
+Predictions are made at the training resolution, resized back (bilinear, on
+probabilities) to each mask's own size and thresholded there, so the metrics
+are always at the data's native resolution (512x512 for the study's set).
+
+Variants combine the weights ('final' or 'ensemble': mean probability of the last
+m snapshots), horizontal-flip test-time augmentation ('+tta': mean of the
+prediction and the flipped prediction of the flipped slice) and post-processing
+('+pp': keep the two largest connected components, the two lungs). Every variant
+is scored on the test folder, and optionally on the training run's validation
+split, where the winner is chosen (never on the test folder).
+"""
+
+import itertools
+from typing import NamedTuple
+
+import numpy as np
+from etils import epath
+
+from lungseg_jax.core import metrics
+from lungseg_jax.data.preprocess import preprocess, to_native
+from lungseg_jax.data.slices import read_folder
+from lungseg_jax.data.sources import train_val_slices
+from lungseg_jax.evaluation import report
+from lungseg_jax.model.unet import probability_fn
+from lungseg_jax.rundir.trained import Trained, restore_trained
+from lungseg_jax.serving.inference import native_masks, plain_and_flip_tta
+
+
+def native_counts(predictions: list, masks: list) -> np.ndarray:
+    """(N, 4) pixel counts (see ``metrics.pixel_counts``) of native-size predictions."""
+    return np.stack([np.asarray(metrics.pixel_counts(p[None], (m > 0)[None]))[0]
+                     for p, m in zip(predictions, masks)])
+
+
+def variant_name(weights: str, tta: bool, postprocess: bool) -> str:
+    return weights + "+tta" * tta + "+pp" * postprocess
+
+
+# (weights, tta, postprocess) of every variant, simplest first (it wins ties).
+VARIANTS = list(itertools.product(("final", "ensemble"), (False, True), (False, True)))
+
+
+class Predictions(NamedTuple):
+    """Probabilities of one image set: ``plain[step]``/``tta[step]`` (N, H, W) per step."""
+
+    plain: dict
+    tta: dict
+
+    def of(self, steps, tta: bool):
+        """(mean probability, per-pixel std) over ``steps``."""
+        stack = np.stack([(self.tta if tta else self.plain)[s] for s in steps])
+        return stack.mean(0), stack.std(0)
+
+
+def predict_steps(trained: Trained, images: np.ndarray, steps, batch_size: int) -> Predictions:
+    """Plain and flip-TTA probabilities of ``images`` with each of ``steps``' variables."""
+    predict = probability_fn(trained.model)
+    plain, tta = {}, {}
+    for step in steps:
+        plain[step], tta[step] = plain_and_flip_tta(
+            lambda batch, step=step: predict(trained.variables[step], batch), images, batch_size)
+    return Predictions(plain, tta)
+
+
+def ensemble_members(trained: Trained, ensemble_last: int) -> list:
+    """The last ``ensemble_last`` snapshot steps (0: all)."""
+    snapshots = trained.snapshots
+    if not 0 <= ensemble_last <= len(snapshots):
+        raise ValueError(f"ensemble_last={ensemble_last} is invalid: the workdir has "
+                         f"{len(snapshots)} snapshots {snapshots} (0 means all)")
+    return snapshots[-ensemble_last:] if ensemble_last else snapshots
+
+
+def native_predictions(probabilities, masks: list, threshold: float, postprocess: bool) -> list:
+    """Boolean predictions at each mask's own size (``inference.native_masks``)."""
+    return native_masks(probabilities, [m.shape for m in masks], threshold, postprocess)
+
+
+def score(probabilities, masks: list, threshold: float, postprocess: bool) -> dict:
+    """Pooled IoU, mean IoU and mean Dice at the masks' own sizes."""
+    preds = native_predictions(probabilities, masks, threshold, postprocess)
+    return metrics.summarize(native_counts(preds, masks))
+
+
+def score_variants(predictions: Predictions, masks: list, weights_steps: dict,
+                   threshold: float) -> dict:
+    """{variant name: score} for every variant; ``weights_steps``: {'final'|'ensemble': steps}."""
+    return {variant_name(weights, tta, postprocess):
+            score(predictions.of(weights_steps[weights], tta)[0], masks, threshold, postprocess)
+            for weights, tta, postprocess in VARIANTS}
+
+
+def evaluate_workdir(workdir: epath.PathLike, data_dir: str, threshold: float = 0.5,
+                     batch_size: int = 8, ensemble_last: int = 0, tta: bool = False,
+                     postprocess: bool = False, select_on_validation: bool = True,
+                     report_prefix: epath.PathLike | None = None) -> dict:
+    """The evaluate CLI's result on ``data_dir``.
+
+    ``final``, ``snapshots`` and ``ensemble`` (last ``ensemble_last`` snapshots, 0: all) are
+    scored with the requested ``tta``/``postprocess``; ``variants`` holds every combination.
+    ``select_on_validation`` also scores the variants on the run's validation split and names
+    the ``winner`` there; the report (``report_prefix``.csv/.md/*.png) shows that winner, or
+    else the requested ensemble variant.
+    """
+    trained = restore_trained(workdir)
+    config = trained.config
+    members = ensemble_members(trained, ensemble_last)
+    weights_steps = {"final": [trained.final_step], "ensemble": members}
+    slices = read_folder(data_dir)
+    images, _ = preprocess(slices, config.data)
+    predictions = predict_steps(trained, images, sorted(trained.variables), batch_size)
+
+    def requested(steps):
+        return score(predictions.of(steps, tta)[0], slices.masks, threshold, postprocess)
+
+    result = {"num_images": len(slices),
+              "final": requested([trained.final_step]),
+              "snapshots": [{"step": s, **requested([s])} for s in trained.snapshots],
+              "ensemble": requested(members),
+              "options": {"threshold": threshold, "ensemble_members": members, "tta": tta,
+                          "postprocess": postprocess},
+              "variants": score_variants(predictions, slices.masks, weights_steps, threshold)}
+    chosen = ("ensemble", tta, postprocess)
+    if select_on_validation:
+        _, val = train_val_slices(config.data)
+        val_images, _ = preprocess(val, config.data)
+        val_predictions = predict_steps(trained, val_images,
+                                        sorted({trained.final_step, *members}), batch_size)
+        val_scores = score_variants(val_predictions, val.masks, weights_steps, threshold)
+        chosen = max(VARIANTS, key=lambda v: val_scores[variant_name(*v)]["pooled_iou"])
+        result["validation"] = {"num_images": len(val), "variants": val_scores,
+                                "winner": variant_name(*chosen)}
+    result["report_variant"] = variant_name(*chosen)
+    if report_prefix:
+        weights, chosen_tta, chosen_pp = chosen
+        probs, _ = predictions.of(weights_steps[weights], chosen_tta)
+        _, uncertainty = predictions.of(members, chosen_tta)
+        preds = native_predictions(probs, slices.masks, threshold, chosen_pp)
+        report.write_report(report_prefix, result, workdir, config.data, slices, preds,
+                            native_counts(preds, slices.masks),
+                            [to_native(u, m.shape) for u, m in zip(uncertainty, slices.masks)])
+    return result
+
+
+def format_table(result: dict) -> str:
+    rows = [("final", result["final"])]
+    rows += [(f"snapshot@{s['step']}", s) for s in result["snapshots"]]
+    rows += [("ensemble", result["ensemble"])]
+    rows += [(f"variant {name}", m) for name, m in result["variants"].items()]
+    lines = [f"{'weights':<26}{'pooled IoU':>12}{'mean IoU':>10}{'mean Dice':>11}"]
+    lines += [f"{name:<26}{m['pooled_iou']:>12.4f}{m['mean_iou']:>10.4f}{m['mean_dice']:>11.4f}"
+              for name, m in rows]
+    if "validation" in result:
+        lines.append(f"validation winner ({result['validation']['num_images']} images): "
+                     f"{result['validation']['winner']}")
+    return f"{result['num_images']} images\n" + "\n".join(lines)

@@ -1,0 +1,9 @@
+"""A training run's directory, read and written by training, evaluation and serving alike.
+
+    WORKDIR/config.json      the config the run was started with (``records``)
+    WORKDIR/metrics.jsonl    one JSON record per epoch (``records``)
+    WORKDIR/checkpoints/     orbax checkpoints (``checkpoints``)
+
+WORKDIR is a local path or any URI that ``etils.epath`` opens (``gs://bucket/run``:
+``pip install -e ".[gcs]"``). ``trained`` restores a run's model variables.
+"""

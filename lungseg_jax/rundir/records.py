@@ -1,0 +1,102 @@
+"""A run's records: the config it was started with and its per-epoch metrics."""
+
+import copy
+import json
+import os
+
+import ml_collections
+from etils import epath
+
+from lungseg_jax.core.files import is_local, write_atomic
+
+
+def config_to_dict(config) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+# Config fields that do not change what is trained (``model.ops``: float rounding only):
+# a resume may change them (a workdir written before one of them existed resumes too).
+RESUMABLE_KEYS = ("tracking", "steps_per_call", "model.ops")
+
+
+def without_resumable(tree: dict) -> dict:
+    """``tree`` (a config as a dict) without the ``RESUMABLE_KEYS`` fields."""
+    tree = copy.deepcopy(tree)
+    for key in RESUMABLE_KEYS:
+        *parents, leaf = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(leaf, None)
+    return tree
+
+
+def prepare_workdir(workdir: epath.PathLike, config, write: bool) -> None:
+    """Refuses a workdir of a different run (every process checks, so none waits on a
+    refused chief); with ``write``, creates the workdir and records the config."""
+    path = epath.Path(workdir) / "config.json"
+    new = config_to_dict(config)
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = diff_configs(without_resumable(old), without_resumable(new))
+        if diff:
+            raise ValueError(f"{workdir!r} holds a run with a different config ({diff}); "
+                             "re-run with its original config to resume, or use a new --workdir "
+                             "(or delete this one) to start fresh")
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
+
+
+def diff_configs(old: dict, new: dict, prefix: str = "") -> str:
+    keys = sorted(set(old) | set(new))
+    parts = []
+    for k in keys:
+        a, b = old.get(k, "<missing>"), new.get(k, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            sub = diff_configs(a, b, f"{prefix}{k}.")
+            parts += [sub] if sub else []
+        elif a != b:
+            parts.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return "; ".join(parts)
+
+
+def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with."""
+    path = epath.Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {workdir!r} a lungseg_jax workdir?")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def truncate_metrics(path: epath.PathLike, last_step: int) -> None:
+    """Drops records past ``last_step`` (written after the checkpoint a resume starts from)."""
+    path = epath.Path(path)
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines(keepends=True) if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= last_step]
+    if len(kept) < len(lines):
+        write_atomic(path, "".join(kept))
+
+
+def append_metrics(path: epath.PathLike, record: dict) -> None:
+    """Appends one record: in place (synced) locally; an object store cannot append, so
+    there the whole (small) file is rewritten in one upload."""
+    line = json.dumps(record) + "\n"
+    if not is_local(path):
+        path = epath.Path(path)
+        write_atomic(path, (path.read_text() if path.exists() else "") + line)
+        return
+    with open(path, "a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(workdir: epath.PathLike) -> list:
+    """Per-epoch records of ``WORKDIR/metrics.jsonl`` ([] when the file is missing)."""
+    path = epath.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

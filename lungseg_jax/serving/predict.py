@@ -1,0 +1,237 @@
+"""Segmenting the lungs in CT slices and volumes with an exported model.
+
+Inputs: 2-D slices as TIFF or NPY (Hounsfield values), PNG (8/16-bit grey, taken
+as already windowed: 0 = hu_min, max = hu_max), any size; 3-D CT volumes as NIfTI
+(``.nii``/``.nii.gz``, Hounsfield values, run slice by slice along the third axis).
+For each ``NAME.EXT`` it writes ``OUT/NAME_mask.EXT`` (same format and geometry:
+TIFF/PNG 0/255, NPY/NIfTI 0/1), ``OUT/NAME.json`` (lung pixels and area in mm²
+when the pixel spacing is known, or voxels and volume in mL) and, with
+``--uncertainty``, ``OUT/NAME_uncertainty.EXT``: the standard deviation of the
+snapshots' probabilities (PNG: scaled by 2 * 255). A bad input is reported and
+skipped; the exit status is 1 if any input failed.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+import cv2
+import numpy as np
+import tifffile
+
+from lungseg_jax.core import progress
+from lungseg_jax.data.preprocess import resize_image, to_native, window
+from lungseg_jax.data.slices import as_slice
+from lungseg_jax.serving import exported
+
+SLICE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
+VOLUME_SUFFIXES = (".nii", ".nii.gz")
+TIFF_UNIT_MM = {3: 10.0}  # ResolutionUnit CENTIMETER; inch (2) is usually a display default
+
+
+class InputError(ValueError):
+    """A bad input; the message names the file and what is wrong."""
+
+
+@dataclasses.dataclass
+class Scan:
+    """Windowed slices (D, H, W) in [0, 1] and what is needed to write results back."""
+
+    slices: np.ndarray
+    suffix: str
+    spacing_mm: tuple | None  # (row, column[, slice]) spacing
+    nifti: object = None  # the source nibabel image, for its affine and header
+
+
+def split_name(path: str) -> tuple:
+    """(stem, suffix), with ``.nii.gz`` as one suffix; the suffix lower-cased."""
+    base = os.path.basename(path)
+    if base.lower().endswith(".nii.gz"):
+        return base[:-7], ".nii.gz"
+    stem, suffix = os.path.splitext(base)
+    return stem, suffix.lower()
+
+
+def _slice_2d(array: np.ndarray, path: str) -> np.ndarray:
+    try:
+        return as_slice(array, path)
+    except ValueError as e:
+        raise InputError(str(e)) from e
+
+
+def _tiff_spacing(page) -> tuple | None:
+    x, y, unit = (page.tags.get(n) for n in ("XResolution", "YResolution", "ResolutionUnit"))
+    if x is None or y is None or unit is None:
+        return None
+    unit_mm = TIFF_UNIT_MM.get(int(unit.value))
+    (xn, xd), (yn, yd) = x.value, y.value
+    if unit_mm is None or not xn or not yn:
+        return None
+    return (unit_mm * yd / yn, unit_mm * xd / xn)
+
+
+def read_scan(path: str, hu_window: tuple, spacing_mm: float | None = None) -> Scan:
+    """Reads one input; raises InputError for unreadable, unsupported or mis-shaped files."""
+    _, suffix = split_name(path)
+    if suffix not in SLICE_SUFFIXES + VOLUME_SUFFIXES:
+        raise InputError(f"{path}: unsupported format {suffix or '(no suffix)'!r}; expected "
+                         f"one of {', '.join(SLICE_SUFFIXES + VOLUME_SUFFIXES)}")
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    given = (spacing_mm, spacing_mm) if spacing_mm else None
+    if suffix in VOLUME_SUFFIXES:
+        try:
+            import nibabel  # optional dependency
+        except ImportError as e:  # reported like any bad input; the other inputs go on
+            raise InputError(f"{path}: reading NIfTI volumes needs nibabel: "
+                             'pip install -e ".[nifti]"') from e
+    try:
+        if suffix in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                image, spacing = tif.asarray(), _tiff_spacing(tif.pages[0])
+            image = _slice_2d(image, path)
+            return Scan(window(image, *hu_window)[None], suffix, spacing or given)
+        if suffix == ".npy":
+            image = _slice_2d(np.load(path, allow_pickle=False), path)
+            return Scan(window(image, *hu_window)[None], suffix, given)
+        if suffix == ".png":
+            image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+            if image is None:
+                raise InputError(f"{path}: cannot read as PNG")
+            if image.ndim == 3 and image.shape[-1] in (3, 4):
+                image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if image.shape[-1] == 4
+                                     else cv2.COLOR_BGR2GRAY)
+            image = _slice_2d(image, path)
+            return Scan((image / np.iinfo(image.dtype).max).astype(np.float32)[None], suffix,
+                        given)
+        volume = nibabel.load(path)
+        values = np.asarray(volume.dataobj, np.float32)
+        # Squeeze only trailing singleton axes (e.g. a 4-D file with one time point).
+        while values.ndim > 3 and values.shape[-1] == 1:
+            values = values[..., 0]
+        if values.ndim != 3:
+            raise InputError(f"{path}: expected a 3-D volume, got shape {values.shape}")
+        zooms = [float(z) for z in volume.header.get_zooms()[:3]]
+        # (x, y, z) voxels -> axial slices (z, y, x): rows along y, columns along x.
+        slices = window(np.transpose(values, (2, 1, 0)), *hu_window)
+        return Scan(slices, suffix, (zooms[1], zooms[0], zooms[2]), volume)
+    except InputError:
+        raise
+    except Exception as e:  # the readers raise many types for broken files
+        raise InputError(f"{path}: cannot read: {e}") from e
+
+
+def segment(model: exported.ExportedModel, slices: np.ndarray, batch_size: int = 8,
+            uncertainty: bool = False, show_progress: bool | None = None):
+    """(probability, uncertainty or None), each (D, H, W), for windowed slices (D, H, W).
+
+    Slices are resized to the model's input, run in batches, and the maps resized back.
+    """
+    size, _, channels = model.input_shape
+    count, height, width = slices.shape
+    bar = progress.Progress(count, 0, 1, enabled=show_progress if count > batch_size else False)
+    probability, spread = [], []
+    for start in range(0, count, batch_size):
+        batch = np.stack([resize_image(s, size) for s in slices[start:start + batch_size]])
+        batch = np.repeat(batch[..., None], channels, axis=-1)
+        if uncertainty:
+            members = model.snapshots(batch, batch_size)
+            probability.append(members.mean(axis=0))
+            spread.append(members.std(axis=0))
+        else:
+            probability.append(model.ensemble(batch, batch_size))
+        if bar.due():
+            bar.draw(min(start + batch_size, count))
+    bar.close()
+
+    def native(maps):
+        return np.stack([to_native(m, (height, width)) for m in np.concatenate(maps)])
+
+    return native(probability), native(spread) if uncertainty else None
+
+
+def measure(mask: np.ndarray, spacing_mm: tuple | None, is_volume: bool) -> dict:
+    """Lung pixel or voxel count, with area (mm²) or volume (mL) when spacing is known."""
+    count = int(mask.sum())
+    if is_volume:
+        volume = count * float(np.prod(spacing_mm)) / 1000.0
+        return {"lung_voxels": count, "lung_volume_ml": volume, "voxel_size_mm": spacing_mm}
+    area = count * spacing_mm[0] * spacing_mm[1] if spacing_mm else None
+    return {"lung_pixels": count, "lung_area_mm2": area, "pixel_spacing_mm": spacing_mm}
+
+
+def write_like(scan: Scan, array: np.ndarray, path: str, kind: str) -> None:
+    """Writes a (D, H, W) mask (``kind='mask'``, 0/1) or float map in the input's format."""
+    if scan.nifti is not None:
+        import nibabel
+        values = np.transpose(array, (2, 1, 0))
+        values = values.astype(np.uint8) if kind == "mask" else values.astype(np.float32)
+        header = scan.nifti.header.copy()
+        header.set_data_dtype(values.dtype)
+        image = nibabel.Nifti1Image(values, scan.nifti.affine, header)
+        image.header.set_slope_inter(1.0, 0.0)
+        nibabel.save(image, path)
+        return
+    image = array[0]
+    if scan.suffix == ".npy":
+        np.save(path, image.astype(np.uint8) if kind == "mask" else image.astype(np.float32))
+    elif scan.suffix == ".png":
+        scale = 255 if kind == "mask" else 2 * 255
+        cv2.imwrite(path, np.clip(np.rint(image * scale), 0, 255).astype(np.uint8))
+    else:
+        image = (image * 255).astype(np.uint8) if kind == "mask" else image.astype(np.float32)
+        resolution = {}
+        if scan.spacing_mm:
+            resolution = {"resolution": (10.0 / scan.spacing_mm[1], 10.0 / scan.spacing_mm[0]),
+                          "resolutionunit": "CENTIMETER"}
+        tifffile.imwrite(path, image, **resolution)
+
+
+def predict_file(model: exported.ExportedModel, path: str, output: str, batch_size: int = 8,
+                 uncertainty: bool = False, spacing_mm: float | None = None,
+                 threshold: float | None = None) -> dict:
+    """Segments one input and writes its mask, JSON and (optionally) uncertainty map."""
+    meta = model.metadata
+    scan = read_scan(path, (meta["hu_min"], meta["hu_max"]), spacing_mm)
+    threshold = meta["threshold"] if threshold is None else threshold
+    probability, spread = segment(model, scan.slices, batch_size, uncertainty)
+    mask = probability > threshold
+    stem, suffix = split_name(path)
+    os.makedirs(output, exist_ok=True)
+    result = {"input": os.path.abspath(path), "shape": list(mask.shape[1:] if scan.nifti is None
+                                                          else np.shape(scan.nifti.dataobj)),
+              "threshold": threshold, "snapshot_steps": meta["snapshot_steps"],
+              **measure(mask, scan.spacing_mm, scan.nifti is not None),
+              "mask": os.path.join(output, f"{stem}_mask{suffix}")}
+    write_like(scan, mask, result["mask"], "mask")
+    if uncertainty:
+        result["uncertainty"] = os.path.join(output, f"{stem}_uncertainty{suffix}")
+        write_like(scan, spread, result["uncertainty"], "uncertainty")
+    with open(os.path.join(output, f"{stem}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def describe(result: dict) -> str:
+    """The lungs' amount in a result: mL, mm² or pixels, whichever is known."""
+    if "lung_volume_ml" in result:
+        return f"{result['lung_volume_ml']:.1f} mL"
+    if result["lung_area_mm2"] is not None:
+        return f"{result['lung_area_mm2']:.1f} mm²"
+    return f"{result['lung_pixels']} pixels"
+
+
+def predict_all(model: exported.ExportedModel, paths: list, output: str, **options) -> int:
+    """``predict_file`` for each of ``paths`` (``options``: its keyword arguments), a line
+    each on stdout; a bad input is reported on stderr and skipped. Returns how many failed."""
+    failed = 0
+    for path in paths:
+        try:
+            result = predict_file(model, path, output, **options)
+        except InputError as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        print(f"{path}: lungs {describe(result)} -> {result['mask']}")
+    return failed

@@ -1,0 +1,2 @@
+"""Experiment tracking: MLflow (``tracker``), above training and serving (it logs the
+exported model)."""

@@ -1,0 +1,191 @@
+"""The training loop: ``train_and_evaluate`` reads top to bottom, in small functions.
+
+* The host calls a jitted loop of up to ``config.steps_per_call`` steps at a time
+  (``steps.make_train_steps``), cut short where it has work to do (evaluation,
+  checkpoints): the same steps, fewer calls.
+* Data parallelism is ``jit`` over a 1-D ``Mesh`` (``mesh``): the batch on ``P('data')``,
+  the train state replicated on ``P()``; BatchNorm statistics are global over the batch,
+  so any device count gives the same numbers.
+* Everything random derives from ``config.seed`` and the step, so a checkpoint's step is
+  all the state a resume needs besides the arrays.
+"""
+
+import dataclasses
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from lungseg_jax.core import progress
+from lungseg_jax.data.sources import load_train_val
+from lungseg_jax.model.unet import create_model
+from lungseg_jax.rundir import checkpoints, records
+from lungseg_jax.training import schedules
+from lungseg_jax.training.config_checks import check_config, check_mesh
+from lungseg_jax.training.mesh import create_mesh, put_replicated
+from lungseg_jax.training.preemption import Preempted, PreemptionGuard
+from lungseg_jax.training.state import (abstract_train_state, create_optimizer,
+                                        create_train_state)
+from lungseg_jax.training.steps import (DeviceData, Measured, check_finite, evaluate_arrays,
+                                        make_eval_step, make_train_steps, steps_in)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A run's data and step counts, fixed before anything is written."""
+
+    train_images: np.ndarray
+    train_masks: np.ndarray
+    val_images: np.ndarray
+    val_masks: np.ndarray
+    steps_per_epoch: int
+    total_steps: int
+    snapshot_steps: list
+    checkpoint_every: int
+
+    def is_save_step(self, step: int) -> bool:
+        return (step % self.checkpoint_every == 0 or step in self.snapshot_steps
+                or step == self.total_steps)
+
+    def steps_to_next_stop(self, step: int) -> int:
+        """Steps from ``step`` to the next one after which the host has work: an epoch's
+        end (evaluation), a checkpoint, a snapshot or the run's end."""
+        later = [s - step for s in self.snapshot_steps if s > step]
+        return min(self.steps_per_epoch - step % self.steps_per_epoch,
+                   self.checkpoint_every - step % self.checkpoint_every,
+                   self.total_steps - step, *later)
+
+
+def plan_run(config) -> Plan:
+    """Loads and preprocesses the data, and derives the step counts from it."""
+    train_images, train_masks, val_images, val_masks = load_train_val(config.data)
+    steps_per_epoch = len(train_images) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
+                         f"{len(train_images)} training images")
+    total_steps = config.num_epochs * steps_per_epoch
+    return Plan(train_images, train_masks, val_images, val_masks, steps_per_epoch, total_steps,
+                schedules.snapshot_steps(total_steps, config.schedule.num_cycles),
+                config.checkpoint.every_steps or steps_per_epoch)
+
+
+def restore_or_create_state(config, workdir, plan: Plan, mesh, manager, tx, is_chief: bool):
+    """The latest checkpoint's state (the metrics past it dropped), or a fresh one."""
+    model = create_model(config.model)
+    latest = manager.latest_step()
+    if latest is None:
+        return create_train_state(config, model, tx, mesh)
+    state = checkpoints.restore(manager, latest, abstract_train_state(config, model, tx, mesh))
+    logging.info("Resumed from the checkpoint at step %d.", latest)
+    if is_chief:
+        records.truncate_metrics(epath.Path(workdir) / "metrics.jsonl", latest)
+    return state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None,
+                       on_epoch_end=None):
+    """Trains (or resumes) the configured model in ``workdir``; returns the final state.
+
+    ``on_epoch_end(record)``, if given, is called on the chief with each epoch's record.
+    """
+    check_config(config)
+    mesh = create_mesh(devices)
+    check_mesh(config, mesh.size)
+    is_chief = jax.process_index() == 0
+    plan = plan_run(config)  # validated and preprocessed before anything is written
+    logging.info("%d training / %d validation images at %dx%d; %d steps (%d epochs x %d); "
+                 "snapshots at steps %s; mesh %s", len(plan.train_images),
+                 len(plan.val_images), config.data.image_size, config.data.image_size,
+                 plan.total_steps, config.num_epochs, plan.steps_per_epoch, plan.snapshot_steps,
+                 dict(mesh.shape))
+    records.prepare_workdir(workdir, config, write=is_chief)
+    tx, learning_rate_fn = create_optimizer(config, plan.total_steps)
+    manager = checkpoints.create_manager(workdir, plan.snapshot_steps,
+                                         config.checkpoint.keep_latest)
+    state = restore_or_create_state(config, workdir, plan, mesh, manager, tx, is_chief)
+    if int(state.step) >= plan.total_steps:
+        logging.info("Training already finished (step %d of %d) in %s.", int(state.step),
+                     plan.total_steps, workdir)
+        manager.close()
+        return state
+    try:
+        state = run_steps(config, workdir, plan, mesh, manager, state, learning_rate_fn,
+                          is_chief, on_epoch_end)
+    finally:  # also on errors: let a save in flight complete, it is the last good state
+        manager.wait_until_finished()
+        manager.close()
+    logging.info("Training finished at step %d; checkpoints in %s.", plan.total_steps,
+                 checkpoints.checkpoint_dir(workdir))
+    return state
+
+
+def run_steps(config, workdir, plan: Plan, mesh, manager, state, learning_rate_fn,
+              is_chief: bool, on_epoch_end):
+    """The loop proper: calls of the train steps, each epoch's evaluation and record,
+    checkpoints, and a clean stop on preemption."""
+    train_data = put_replicated(DeviceData(plan.train_images, plan.train_masks), mesh)
+    train_steps = make_train_steps(config, mesh, plan.steps_per_epoch, learning_rate_fn)
+    eval_step = make_eval_step(config, mesh)
+    metrics_path = epath.Path(workdir) / "metrics.jsonl"
+    done = int(state.step)
+    bar = progress.Progress(plan.total_steps, done, config.batch_size,
+                            enabled=None if is_chief else False)
+    history, epoch_start_time = [], time.monotonic()
+    try:
+        with PreemptionGuard() as preemption:
+            while done < plan.total_steps:
+                num_steps = min(config.steps_per_call, plan.steps_to_next_stop(done))
+                state, measurements = train_steps(state, train_data, np.int32(num_steps))
+                history.append(Measured(num_steps, measurements))
+                done += num_steps
+                if bar.due():
+                    bar.draw(done, history[-1].last("loss"))
+                at_epoch_end = done % plan.steps_per_epoch == 0
+                should_save = plan.is_save_step(done)
+                stop = preemption.reached(range(done - num_steps + 1, done + 1))
+                if at_epoch_end or should_save or stop:
+                    check_finite(history, first_step=done - steps_in(history))
+                if at_epoch_end:
+                    record = epoch_record(state, history, plan.steps_per_epoch,
+                                          epoch_start_time, config)
+                    record.update({f"val_{k}": v for k, v in evaluate_arrays(
+                        eval_step, state, plan.val_images, plan.val_masks,
+                        config.eval_batch_size, mesh).items()})
+                    history, epoch_start_time = [], time.monotonic()
+                    if is_chief:
+                        records.append_metrics(metrics_path, record)
+                        if on_epoch_end is not None:
+                            on_epoch_end(record)
+                        logging.info(format_record(record, config.num_epochs))
+                if should_save or stop:
+                    checkpoints.save(manager, state)
+                if stop:
+                    raise Preempted(f"stopped at step {done} on SIGTERM; checkpoint saved in "
+                                    f"{checkpoints.checkpoint_dir(workdir)}; re-run to resume")
+    finally:
+        bar.close()
+    return state
+
+
+def epoch_record(state, history: list, steps_per_epoch: int, start_time: float,
+                 config) -> dict:
+    """The epoch's metrics; the means come from the state's (checkpointed) epoch sums."""
+    step = int(state.step)
+    loss_sum, grad_norm_sum = jax.device_get(state.epoch_sums)
+    seconds = time.monotonic() - start_time
+    return {"step": step, "epoch": step // steps_per_epoch,
+            "train_loss": float(loss_sum / steps_per_epoch),
+            "grad_norm": float(grad_norm_sum / steps_per_epoch),
+            "learning_rate": history[-1].last("learning_rate"),
+            "images_per_sec": steps_in(history) * config.batch_size / seconds,
+            "epoch_seconds": seconds}
+
+
+def format_record(record: dict, num_epochs: int) -> str:
+    return (f"epoch {record['epoch']}/{num_epochs} step {record['step']}: "
+            f"train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
+            f"val_iou {record['val_pooled_iou']:.4f}  val_dice {record['val_mean_dice']:.4f}  "
+            f"lr {record['learning_rate']:.2e}  {record['images_per_sec']:.1f} img/s")
