@@ -4,8 +4,9 @@
     python -m lungseg_jax.predict --workdir WORKDIR --output OUT INPUT...
 
 Inputs, outputs and their formats: ``serving/predict.py`` and
-docs/tracking_export_predict.md. A bad input is reported and skipped; the exit status is 1
-if any input failed.
+docs/tracking_export_predict.md. A call whose outputs would collide or replace an existing
+file (without ``--overwrite``) is refused before any work; a bad input is reported and
+skipped. The exit status is 1 if the call was refused or any input failed.
 """
 
 import os
@@ -25,6 +26,7 @@ flags.DEFINE_bool("uncertainty", False, "Also write the snapshots' probability s
 flags.DEFINE_integer("batch_size", 8, "Slices per model call.", lower_bound=1)
 flags.DEFINE_float("threshold", None, "Probability threshold (default: the export's).")
 flags.DEFINE_float("spacing_mm", None, "Pixel spacing of 2-D inputs that do not record it.")
+flags.DEFINE_bool("overwrite", False, "Replace outputs that exist already (else refused).")
 flags.mark_flags_as_required(["output"])
 flags.register_validator("threshold", lambda t: t is None or cli.is_probability_threshold(t),
                          message=cli.THRESHOLD_RULE)
@@ -40,6 +42,11 @@ def main(argv):
     if not inputs:
         raise app.UsageError("no inputs: give one or more slice or volume files")
     cli.start(argv, positional_args=True)
+    try:  # refused before the model is loaded (or a workdir exported)
+        predict.plan_outputs(inputs, FLAGS.output, FLAGS.uncertainty, FLAGS.overwrite)
+    except predict.OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = FLAGS.model
         if FLAGS.workdir:
@@ -47,8 +54,9 @@ def main(argv):
             model_dir = os.path.join(tmp, "export")
             export.export_workdir(FLAGS.workdir, model_dir, platforms=("cpu",))
         failed = predict.predict_all(
-            exported.ExportedModel(model_dir), inputs, FLAGS.output, batch_size=FLAGS.batch_size,
-            uncertainty=FLAGS.uncertainty, spacing_mm=FLAGS.spacing_mm, threshold=FLAGS.threshold)
+            exported.ExportedModel(model_dir), inputs, FLAGS.output, FLAGS.overwrite,
+            batch_size=FLAGS.batch_size, uncertainty=FLAGS.uncertainty,
+            spacing_mm=FLAGS.spacing_mm, threshold=FLAGS.threshold)
     if failed:
         print(f"{failed} of {len(inputs)} inputs failed", file=sys.stderr)
         sys.exit(1)

@@ -1,4 +1,5 @@
-"""Predict CLI and library: slices (TIFF, PNG, NPY), a NIfTI volume of known lung volume, bad inputs.
+"""Predict CLI and library: slices (TIFF, PNG, NPY), a NIfTI volume of known lung volume, bad
+inputs, and outputs that never collide nor replace a file unasked.
 
 The model here is an export of a known function (lung = darker than -600 HU), so the
 expected masks are exact and the checks test the pipeline: reading, windowing,
@@ -13,7 +14,6 @@ import sys
 import cv2
 import jax
 import jax.numpy as jnp
-import nibabel
 import numpy as np
 import pytest
 import tifffile
@@ -22,8 +22,15 @@ from conftest import REPO
 from lungseg_jax.data import preprocess
 from lungseg_jax.serving import export, exported, predict
 
+try:
+    import nibabel
+except ImportError:  # the [nifti] extra; only the NIfTI tests need it
+    nibabel = None
+
 HU_WINDOW = (-1350.0, 150.0)
 SIZE = 32
+needs_nibabel = pytest.mark.skipif(nibabel is None, reason='NIfTI volumes need nibabel: '
+                                   'pip install -e ".[nifti]"')
 
 
 def below(hu_cutoff):
@@ -60,6 +67,17 @@ def iou(a, b):
     return (a & b).sum() / (a | b).sum()
 
 
+def run_predict(model_dir, output, *args):
+    """``python -m lungseg_jax.predict --model=MODEL_DIR --output=OUTPUT ARGS...``."""
+    return subprocess.run([sys.executable, "-m", "lungseg_jax.predict", f"--model={model_dir}",
+                           f"--output={output}", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def error_lines(run):
+    return [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+
+
 def test_slices_in_each_format_give_masks_in_that_format(model, tmp_path):
     image, truth = lungs_2d(90, 70)
     tifffile.imwrite(tmp_path / "a.tif", image, resolution=(10 / 0.6, 10 / 0.6),
@@ -89,13 +107,14 @@ def test_slices_in_each_format_give_masks_in_that_format(model, tmp_path):
         assert json.load(f)["lung_pixels"] == results["a.tif"]["lung_pixels"]
 
 
+@needs_nibabel
 def test_nifti_volume_of_known_lung_volume(model, tmp_path):
     shape, zooms = (44, 52, 9), (0.8, 0.7, 2.5)  # (x, y, z) voxels, mm
     x, y, z = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
     truth = np.zeros(shape, bool)
     for cx in (0.3 * shape[0], 0.7 * shape[0]):
-        truth |= (((x - cx) / (0.16 * shape[0])) ** 2 + ((y - shape[1] / 2) / (0.35 * shape[1])) ** 2
-                  + ((z - 4) / 5.0) ** 2) <= 1
+        truth |= (((x - cx) / (0.16 * shape[0])) ** 2
+                  + ((y - shape[1] / 2) / (0.35 * shape[1])) ** 2 + ((z - 4) / 5.0) ** 2) <= 1
     hu = np.where(truth, -850, 40).astype(np.int16)
     affine = np.diag([*zooms, 1.0])
     nibabel.save(nibabel.Nifti1Image(hu, affine), tmp_path / "ct.nii.gz")
@@ -129,28 +148,151 @@ def test_segment_stays_consistent_across_batch_sizes(model):
     np.testing.assert_allclose(one, four, atol=1e-6)
 
 
+@needs_nibabel
 def test_command_line_reports_bad_inputs_and_processes_the_rest(model_dir, tmp_path):
     image, _ = lungs_2d(48, 48)
     np.save(tmp_path / "good.npy", image)
     (tmp_path / "broken.tif").write_bytes(b"not a tiff")
+    (tmp_path / "zero.npy").write_bytes(b"")
     (tmp_path / "scan.bmp").write_bytes(b"BM")
     np.save(tmp_path / "stack.npy", np.zeros((3, 8, 8), np.int16))
     nibabel.save(nibabel.Nifti1Image(np.zeros((8, 8), np.int16), np.eye(4)), tmp_path / "flat.nii")
-    inputs = [tmp_path / n for n in ("broken.tif", "good.npy", "scan.bmp", "stack.npy",
-                                     "flat.nii", "missing.png")]
-    run = subprocess.run([sys.executable, "-m", "lungseg_jax.predict", f"--model={model_dir}",
-                          f"--output={tmp_path / 'out'}", *map(str, inputs)],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    inputs = [tmp_path / n for n in ("broken.tif", "good.npy", "zero.npy", "scan.bmp",
+                                     "stack.npy", "flat.nii", "missing.png")]
+    run = run_predict(model_dir, tmp_path / "out", *inputs)
     assert run.returncode == 1
     assert "good.npy: lungs" in run.stdout
     assert os.path.exists(tmp_path / "out" / "good_mask.npy")
-    errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 5, run.stderr[-3000:]
-    for needle in ("broken.tif: cannot read", "scan.bmp: unsupported format '.bmp'",
+    errors = error_lines(run)
+    assert len(errors) == 6, run.stderr[-3000:]
+    for needle in ("broken.tif: cannot read", "zero.npy: cannot read",
+                   "scan.bmp: unsupported format '.bmp'",
                    "stack.npy: expected a 2-D slice, got shape (3, 8, 8)",
                    "flat.nii: expected a 3-D volume", "missing.png: no such file"):
         assert any(needle in e for e in errors), needle
-    assert "5 of 6 inputs failed" in run.stderr
+    assert "6 of 7 inputs failed" in run.stderr
+
+
+def test_an_empty_slice_is_reported_and_the_inputs_after_it_processed(model_dir, tmp_path):
+    image, _ = lungs_2d(48, 48)
+    np.save(tmp_path / "first.npy", image)
+    np.save(tmp_path / "empty.npy", np.zeros((0, 48), np.int16))
+    np.save(tmp_path / "last.npy", image)
+    out = tmp_path / "out"
+    run = run_predict(model_dir, out, *(tmp_path / n for n in ("first.npy", "empty.npy",
+                                                                "last.npy")))
+    assert run.returncode == 1
+    assert error_lines(run) == [f"error: {tmp_path / 'empty.npy'}: empty slice, shape (0, 48)"]
+    assert sorted(os.listdir(out)) == ["first.json", "first_mask.npy", "last.json",
+                                       "last_mask.npy"]
+    assert "1 of 3 inputs failed" in run.stderr
+
+
+@needs_nibabel
+def test_a_volume_with_a_non_finite_voxel_is_refused_naming_slice_and_voxel(tmp_path):
+    hu = np.full((16, 14, 5), 40.0, np.float32)  # (x, y, z): (column, row, slice)
+    hu[12, 10, 3] = np.nan
+    hu[2, 1, 4] = np.inf  # a later slice: the first bad voxel in slice order is named
+    path = tmp_path / "scan.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(hu, np.eye(4)), path)
+    with pytest.raises(predict.InputError) as error:
+        predict.read_scan(str(path), HU_WINDOW)
+    assert str(error.value) == (f"{path}: non-finite voxel value nan at (slice, row, column) "
+                                "(3, 10, 12)")
+
+
+def test_inputs_sharing_an_output_name_are_refused_before_any_work(model_dir, tmp_path):
+    image, _ = lungs_2d(48, 48)
+    np.save(tmp_path / "good.npy", image)
+    (tmp_path / "subdir").mkdir()
+    first, second = tmp_path / "slice0.tif", tmp_path / "subdir" / "slice0.tif"
+    for path in (first, second):
+        tifffile.imwrite(path, image)
+    out = tmp_path / "out"
+    run = run_predict(model_dir, out, tmp_path / "good.npy", first, second)
+    assert run.returncode == 1
+    errors = error_lines(run)
+    assert len(errors) == 1, run.stderr[-3000:]
+    assert errors[0].startswith(f"error: {first} and {second} would both write "
+                                f"{out / 'slice0_mask.tif'}; ")
+    assert not out.exists() and "lungs" not in run.stdout
+
+
+@pytest.mark.parametrize("first, second, shared", [("a/x.tif", "b/x.tif", "x_mask.tif"),
+                                                   ("scan.tif", "scan.npy", "scan.json"),
+                                                   ("Scan.npy", "scan.npy", "scan_mask.npy")])
+def test_plan_refuses_two_inputs_writing_one_file(tmp_path, first, second, shared):
+    out = tmp_path / "out"
+    with pytest.raises(predict.OutputError) as error:
+        predict.plan_outputs([first, "other.png", second], str(out))
+    assert str(error.value).startswith(f"{first} and {second} would both write {out / shared}")
+
+
+def test_plan_names_each_output_by_the_inputs_stem(tmp_path):
+    plan = predict.plan_outputs(["a/x.tif", "ct.nii.gz", "notes.txt"], str(tmp_path), True)
+    assert plan == {"a/x.tif": predict.Outputs(str(tmp_path / "x_mask.tif"),
+                                               str(tmp_path / "x.json"),
+                                               str(tmp_path / "x_uncertainty.tif")),
+                    "ct.nii.gz": predict.Outputs(str(tmp_path / "ct_mask.nii.gz"),
+                                                 str(tmp_path / "ct.json"),
+                                                 str(tmp_path / "ct_uncertainty.nii.gz"))}
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(model, model_dir, tmp_path):
+    image, _ = lungs_2d(48, 48)
+    np.save(tmp_path / "good.npy", image)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "good_mask.npy").write_bytes(b"the user's file")
+    refused = run_predict(model_dir, out, tmp_path / "good.npy")
+    assert refused.returncode == 1
+    assert error_lines(refused) == [f"error: {out / 'good_mask.npy'} exists (an output of "
+                                    f"{tmp_path / 'good.npy'}); give --overwrite to replace it"]
+    assert (out / "good_mask.npy").read_bytes() == b"the user's file"
+    assert os.listdir(out) == ["good_mask.npy"]
+    replaced = run_predict(model_dir, out, "--overwrite", tmp_path / "good.npy")
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    fresh = tmp_path / "fresh"
+    predict.predict_file(model, str(tmp_path / "good.npy"), str(fresh))
+    np.testing.assert_array_equal(np.load(out / "good_mask.npy"),
+                                  np.load(fresh / "good_mask.npy"))
+    assert sorted(os.listdir(out)) == ["good.json", "good_mask.npy"]  # no temporary file left
+
+
+def test_output_in_the_input_folder_keeps_the_users_files(model_dir, tmp_path):
+    image, truth = lungs_2d(48, 48)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    tifffile.imwrite(tmp_path / "a_mask.tif", truth.astype(np.uint8))  # the user's own mask
+    before = (tmp_path / "a_mask.tif").read_bytes()
+    run = run_predict(model_dir, tmp_path, tmp_path / "a.tif")
+    assert run.returncode == 1
+    assert error_lines(run) == [f"error: {tmp_path / 'a_mask.tif'} exists (an output of "
+                                f"{tmp_path / 'a.tif'}); give --overwrite to replace it"]
+    assert (tmp_path / "a_mask.tif").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["a.tif", "a_mask.tif"]
+
+
+def test_plan_refuses_an_output_that_is_an_input_even_with_overwrite(tmp_path):
+    inputs = [str(tmp_path / n) for n in ("a.tif", "a_mask.tif")]
+    with pytest.raises(predict.OutputError) as error:
+        predict.plan_outputs(inputs, str(tmp_path), overwrite=True)
+    assert str(error.value) == (f"{inputs[1]}: the output of {inputs[0]} is also an input of "
+                                "this call")
+
+
+def test_a_failed_write_leaves_no_partial_output(model, tmp_path, monkeypatch):
+    image, _ = lungs_2d(48, 48)
+    np.save(tmp_path / "a.npy", image)
+
+    def crash(path, array):
+        with open(path, "wb") as f:
+            f.write(b"\x93NUMPY half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        predict.predict_file(model, str(tmp_path / "a.npy"), str(tmp_path / "out"))
+    assert os.listdir(tmp_path / "out") == []
 
 
 def test_exported_loader_rejects_a_wrong_input_shape(model):
@@ -159,6 +301,7 @@ def test_exported_loader_rejects_a_wrong_input_shape(model):
     assert jnp.asarray(model.ensemble(np.zeros((3, SIZE, SIZE, 1)))).shape == (3, SIZE, SIZE)
 
 
+@needs_nibabel
 def test_nifti_without_nibabel_names_the_missing_extra(tmp_path, monkeypatch):
     path = tmp_path / "scan.nii"
     nibabel.save(nibabel.Nifti1Image(np.zeros((8, 8, 2), np.int16), np.eye(4)), path)
@@ -171,8 +314,6 @@ def test_nifti_without_nibabel_names_the_missing_extra(tmp_path, monkeypatch):
                                            ("--batch_size=0", "not a positive integer"),
                                            ("--spacing_mm=-1", "positive pixel spacing")])
 def test_command_line_refuses_bad_flag_values(tmp_path, flag, message):
-    run = subprocess.run([sys.executable, "-m", "lungseg_jax.predict", f"--model={tmp_path}",
-                          f"--output={tmp_path / 'out'}", flag, "scan.npy"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    run = run_predict(tmp_path, tmp_path / "out", flag, "scan.npy")
     assert run.returncode != 0 and message in run.stderr, run.stderr[-2000:]
     assert not (tmp_path / "out").exists()

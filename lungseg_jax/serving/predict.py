@@ -7,10 +7,20 @@ For each ``NAME.EXT`` it writes ``OUT/NAME_mask.EXT`` (same format and geometry:
 TIFF/PNG 0/255, NPY/NIfTI 0/1), ``OUT/NAME.json`` (lung pixels and area in mm²
 when the pixel spacing is known, or voxels and volume in mL) and, with
 ``--uncertainty``, ``OUT/NAME_uncertainty.EXT``: the standard deviation of the
-snapshots' probabilities (PNG: scaled by 2 * 255). A bad input is reported and
-skipped; the exit status is 1 if any input failed.
+snapshots' probabilities (PNG: scaled by 2 * 255).
+
+Outputs are named by the input's stem alone, so ``plan_outputs`` plans every output of a
+call before anything is read or written and refuses the whole call when two inputs would
+write one file (``a/x.tif`` and ``b/x.tif``, or ``scan.tif`` and ``scan.npy``, which share
+``scan.json``; names that differ only in case count as one, as they are on macOS and
+Windows), when an output exists already (unless ``overwrite``) or when an output is an
+input of the same call. Each file is written to a temporary file beside it and renamed
+into place, so a crash leaves no half-written output. A bad input (unreadable, empty,
+wrongly shaped, non-finite values) is reported and skipped; the exit status is 1 if any
+input failed.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -20,7 +30,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from lungseg_jax.core import progress
+from lungseg_jax.core import files, progress
 from lungseg_jax.data.preprocess import resize_image, to_native, window
 from lungseg_jax.data.slices import as_slice
 from lungseg_jax.serving import exported
@@ -34,6 +44,10 @@ class InputError(ValueError):
     """A bad input; the message names the file and what is wrong."""
 
 
+class OutputError(ValueError):
+    """A call whose outputs would collide or replace a file; the message names the files."""
+
+
 @dataclasses.dataclass
 class Scan:
     """Windowed slices (D, H, W) in [0, 1] and what is needed to write results back."""
@@ -42,6 +56,18 @@ class Scan:
     suffix: str
     spacing_mm: tuple | None  # (row, column[, slice]) spacing
     nifti: object = None  # the source nibabel image, for its affine and header
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """The files one input writes: its mask, its JSON report and its uncertainty map (or None)."""
+
+    mask: str
+    report: str
+    uncertainty: str | None
+
+    def paths(self) -> list:
+        return [p for p in (self.mask, self.report, self.uncertainty) if p is not None]
 
 
 def split_name(path: str) -> tuple:
@@ -53,11 +79,91 @@ def split_name(path: str) -> tuple:
     return stem, suffix.lower()
 
 
+def outputs_of(path: str, output: str, uncertainty: bool = False) -> Outputs:
+    """The files that input ``path`` writes into the folder ``output``."""
+    stem, suffix = split_name(path)
+    return Outputs(os.path.join(output, f"{stem}_mask{suffix}"),
+                   os.path.join(output, f"{stem}.json"),
+                   os.path.join(output, f"{stem}_uncertainty{suffix}") if uncertainty else None)
+
+
+def _same_file_key(path: str) -> str:
+    # Case-folded: names that differ only in case are one file on macOS and Windows.
+    return os.path.realpath(path).casefold()
+
+
+def _refuse_shared_outputs(plan: dict) -> None:
+    writer = {}
+    for path, outputs in plan.items():
+        for out in outputs.paths():
+            other = writer.setdefault(_same_file_key(out), path)
+            if other != path:
+                raise OutputError(f"{other} and {path} would both write {out}; outputs are "
+                                  "named by the input's stem: rename one or predict them in "
+                                  "separate calls with different --output folders")
+
+
+def _refuse_replacing(plan: dict, overwrite: bool) -> None:
+    inputs = {_same_file_key(p) for p in plan}
+    for path, outputs in plan.items():
+        for out in outputs.paths():
+            if _same_file_key(out) in inputs:
+                raise OutputError(f"{out}: the output of {path} is also an input of this call")
+            if os.path.lexists(out) and not overwrite:
+                raise OutputError(f"{out} exists (an output of {path}); give --overwrite to "
+                                  "replace it")
+
+
+def plan_outputs(paths: list, output: str, uncertainty: bool = False,
+                 overwrite: bool = False) -> dict:
+    """``{input: Outputs}`` for each of ``paths`` of a supported format (the others fail
+    when read), checked before any work: raises OutputError naming the files if two inputs
+    would write one file, an output is an input, or an output exists and not ``overwrite``."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise OutputError(f"{output}: --output exists and is not a folder")
+    plan = {p: outputs_of(p, output, uncertainty) for p in paths
+            if split_name(p)[1] in SLICE_SUFFIXES + VOLUME_SUFFIXES}
+    _refuse_shared_outputs(plan)
+    _refuse_replacing(plan, overwrite)
+    return plan
+
+
+@contextlib.contextmanager
+def _reading(path: str):
+    """Turns the exception of a reader of ``path`` into an InputError naming the file."""
+    try:
+        yield
+    except Exception as e:  # the readers raise many types for broken files
+        raise InputError(f"{path}: cannot read: {e}") from e
+
+
+def _nonempty(array: np.ndarray, path: str, kind: str) -> np.ndarray:
+    if array.size == 0:
+        raise InputError(f"{path}: empty {kind}, shape {array.shape}")
+    return array
+
+
 def _slice_2d(array: np.ndarray, path: str) -> np.ndarray:
     try:
-        return as_slice(array, path)
+        return _nonempty(as_slice(array, path), path, "slice")
     except ValueError as e:
         raise InputError(str(e)) from e
+
+
+def _axial_volume(values: np.ndarray, path: str) -> np.ndarray:
+    """(x, y, z) voxels as non-empty, finite axial slices (z, y, x): rows along y, columns
+    along x; InputError naming ``path`` (and the first bad voxel) otherwise."""
+    # Squeeze only trailing singleton axes (e.g. a 4-D file with one time point).
+    while values.ndim > 3 and values.shape[-1] == 1:
+        values = values[..., 0]
+    if values.ndim != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got shape {values.shape}")
+    slices = _nonempty(np.transpose(values, (2, 1, 0)), path, "volume")
+    if not np.all(np.isfinite(slices)):
+        bad = np.argwhere(~np.isfinite(slices))[0]
+        raise InputError(f"{path}: non-finite voxel value {slices[tuple(bad)]} at "
+                         f"(slice, row, column) {tuple(int(i) for i in bad)}")
+    return slices
 
 
 def _tiff_spacing(page) -> tuple | None:
@@ -71,8 +177,36 @@ def _tiff_spacing(page) -> tuple | None:
     return (unit_mm * yd / yn, unit_mm * xd / xn)
 
 
+def _read_png(path: str) -> np.ndarray:
+    """An already windowed PNG (grey, or colour made grey) as (1, H, W) in [0, 1]."""
+    with _reading(path):
+        image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise InputError(f"{path}: cannot read as PNG")
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if image.shape[-1] == 4
+                             else cv2.COLOR_BGR2GRAY)
+    image = _slice_2d(image, path)
+    return (image / np.iinfo(image.dtype).max).astype(np.float32)[None]
+
+
+def _read_volume(path: str, suffix: str, hu_window: tuple) -> Scan:
+    try:
+        import nibabel  # optional dependency
+    except ImportError as e:  # reported like any bad input; the other inputs go on
+        raise InputError(f"{path}: reading NIfTI volumes needs nibabel: "
+                         'pip install -e ".[nifti]"') from e
+    with _reading(path):
+        volume = nibabel.load(path)
+        values = np.asarray(volume.dataobj, np.float32)
+        zooms = [float(z) for z in volume.header.get_zooms()[:3]]
+    slices = _axial_volume(values, path)
+    return Scan(window(slices, *hu_window), suffix, (zooms[1], zooms[0], zooms[2]), volume)
+
+
 def read_scan(path: str, hu_window: tuple, spacing_mm: float | None = None) -> Scan:
-    """Reads one input; raises InputError for unreadable, unsupported or mis-shaped files."""
+    """Reads one input; raises InputError for unreadable, unsupported, empty, mis-shaped or
+    non-finite files."""
     _, suffix = split_name(path)
     if suffix not in SLICE_SUFFIXES + VOLUME_SUFFIXES:
         raise InputError(f"{path}: unsupported format {suffix or '(no suffix)'!r}; expected "
@@ -81,45 +215,16 @@ def read_scan(path: str, hu_window: tuple, spacing_mm: float | None = None) -> S
         raise InputError(f"{path}: no such file")
     given = (spacing_mm, spacing_mm) if spacing_mm else None
     if suffix in VOLUME_SUFFIXES:
-        try:
-            import nibabel  # optional dependency
-        except ImportError as e:  # reported like any bad input; the other inputs go on
-            raise InputError(f"{path}: reading NIfTI volumes needs nibabel: "
-                             'pip install -e ".[nifti]"') from e
-    try:
-        if suffix in (".tif", ".tiff"):
-            with tifffile.TiffFile(path) as tif:
-                image, spacing = tif.asarray(), _tiff_spacing(tif.pages[0])
-            image = _slice_2d(image, path)
-            return Scan(window(image, *hu_window)[None], suffix, spacing or given)
-        if suffix == ".npy":
-            image = _slice_2d(np.load(path, allow_pickle=False), path)
-            return Scan(window(image, *hu_window)[None], suffix, given)
-        if suffix == ".png":
-            image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-            if image is None:
-                raise InputError(f"{path}: cannot read as PNG")
-            if image.ndim == 3 and image.shape[-1] in (3, 4):
-                image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if image.shape[-1] == 4
-                                     else cv2.COLOR_BGR2GRAY)
-            image = _slice_2d(image, path)
-            return Scan((image / np.iinfo(image.dtype).max).astype(np.float32)[None], suffix,
-                        given)
-        volume = nibabel.load(path)
-        values = np.asarray(volume.dataobj, np.float32)
-        # Squeeze only trailing singleton axes (e.g. a 4-D file with one time point).
-        while values.ndim > 3 and values.shape[-1] == 1:
-            values = values[..., 0]
-        if values.ndim != 3:
-            raise InputError(f"{path}: expected a 3-D volume, got shape {values.shape}")
-        zooms = [float(z) for z in volume.header.get_zooms()[:3]]
-        # (x, y, z) voxels -> axial slices (z, y, x): rows along y, columns along x.
-        slices = window(np.transpose(values, (2, 1, 0)), *hu_window)
-        return Scan(slices, suffix, (zooms[1], zooms[0], zooms[2]), volume)
-    except InputError:
-        raise
-    except Exception as e:  # the readers raise many types for broken files
-        raise InputError(f"{path}: cannot read: {e}") from e
+        return _read_volume(path, suffix, hu_window)
+    if suffix == ".png":
+        return Scan(_read_png(path), suffix, given)
+    if suffix == ".npy":
+        with _reading(path):
+            image, spacing = np.load(path, allow_pickle=False), None
+    else:
+        with _reading(path), tifffile.TiffFile(path) as tif:
+            image, spacing = tif.asarray(), _tiff_spacing(tif.pages[0])
+    return Scan(window(_slice_2d(image, path), *hu_window)[None], suffix, spacing or given)
 
 
 def segment(model: exported.ExportedModel, slices: np.ndarray, batch_size: int = 8,
@@ -161,8 +266,27 @@ def measure(mask: np.ndarray, spacing_mm: tuple | None, is_volume: bool) -> dict
     return {"lung_pixels": count, "lung_area_mm2": area, "pixel_spacing_mm": spacing_mm}
 
 
-def write_like(scan: Scan, array: np.ndarray, path: str, kind: str) -> None:
-    """Writes a (D, H, W) mask (``kind='mask'``, 0/1) or float map in the input's format."""
+def _write_atomic(path: str, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, synced and renamed over ``path``:
+    a crash leaves ``path`` as it was, never half-written."""
+    folder, base = os.path.split(path)
+    # The temporary name keeps the suffix: the writers pick the format (and compression) by it.
+    tmp = os.path.join(folder, f".{base}.{os.getpid()}.tmp{split_name(base)[1]}")
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_format(scan: Scan, array: np.ndarray, path: str, kind: str) -> None:
     if scan.nifti is not None:
         import nibabel
         values = np.transpose(array, (2, 1, 0))
@@ -178,7 +302,8 @@ def write_like(scan: Scan, array: np.ndarray, path: str, kind: str) -> None:
         np.save(path, image.astype(np.uint8) if kind == "mask" else image.astype(np.float32))
     elif scan.suffix == ".png":
         scale = 255 if kind == "mask" else 2 * 255
-        cv2.imwrite(path, np.clip(np.rint(image * scale), 0, 255).astype(np.uint8))
+        if not cv2.imwrite(path, np.clip(np.rint(image * scale), 0, 255).astype(np.uint8)):
+            raise OSError(f"{path}: OpenCV could not write the PNG")  # it returns, not raises
     else:
         image = (image * 255).astype(np.uint8) if kind == "mask" else image.astype(np.float32)
         resolution = {}
@@ -188,28 +313,34 @@ def write_like(scan: Scan, array: np.ndarray, path: str, kind: str) -> None:
         tifffile.imwrite(path, image, **resolution)
 
 
+def write_like(scan: Scan, array: np.ndarray, path: str, kind: str) -> None:
+    """Writes a (D, H, W) mask (``kind='mask'``, 0/1) or float map in the input's format,
+    atomically (replacing ``path`` if it exists: callers check with ``plan_outputs``)."""
+    _write_atomic(path, lambda tmp: _write_format(scan, array, tmp, kind))
+
+
 def predict_file(model: exported.ExportedModel, path: str, output: str, batch_size: int = 8,
                  uncertainty: bool = False, spacing_mm: float | None = None,
-                 threshold: float | None = None) -> dict:
-    """Segments one input and writes its mask, JSON and (optionally) uncertainty map."""
+                 threshold: float | None = None, overwrite: bool = False) -> dict:
+    """Segments one input and writes its mask, JSON and (optionally) uncertainty map into the
+    folder ``output``; raises InputError for a bad input and OutputError (``plan_outputs``)
+    for an output that exists (unless ``overwrite``)."""
     meta = model.metadata
     scan = read_scan(path, (meta["hu_min"], meta["hu_max"]), spacing_mm)
+    outputs = plan_outputs([path], output, uncertainty, overwrite)[path]
     threshold = meta["threshold"] if threshold is None else threshold
     probability, spread = segment(model, scan.slices, batch_size, uncertainty)
     mask = probability > threshold
-    stem, suffix = split_name(path)
     os.makedirs(output, exist_ok=True)
     result = {"input": os.path.abspath(path), "shape": list(mask.shape[1:] if scan.nifti is None
                                                           else np.shape(scan.nifti.dataobj)),
               "threshold": threshold, "snapshot_steps": meta["snapshot_steps"],
-              **measure(mask, scan.spacing_mm, scan.nifti is not None),
-              "mask": os.path.join(output, f"{stem}_mask{suffix}")}
-    write_like(scan, mask, result["mask"], "mask")
+              **measure(mask, scan.spacing_mm, scan.nifti is not None), "mask": outputs.mask}
+    write_like(scan, mask, outputs.mask, "mask")
     if uncertainty:
-        result["uncertainty"] = os.path.join(output, f"{stem}_uncertainty{suffix}")
-        write_like(scan, spread, result["uncertainty"], "uncertainty")
-    with open(os.path.join(output, f"{stem}.json"), "w") as f:
-        json.dump(result, f, indent=2)
+        result["uncertainty"] = outputs.uncertainty
+        write_like(scan, spread, outputs.uncertainty, "uncertainty")
+    files.write_atomic(outputs.report, json.dumps(result, indent=2))
     return result
 
 
@@ -222,14 +353,18 @@ def describe(result: dict) -> str:
     return f"{result['lung_pixels']} pixels"
 
 
-def predict_all(model: exported.ExportedModel, paths: list, output: str, **options) -> int:
+def predict_all(model: exported.ExportedModel, paths: list, output: str,
+                overwrite: bool = False, **options) -> int:
     """``predict_file`` for each of ``paths`` (``options``: its keyword arguments), a line
-    each on stdout; a bad input is reported on stderr and skipped. Returns how many failed."""
+    each on stdout, after ``plan_outputs`` has checked every output of the call (raises its
+    OutputError before any work); a bad input is reported on stderr and skipped. Returns how
+    many failed."""
+    plan_outputs(paths, output, options.get("uncertainty", False), overwrite)
     failed = 0
     for path in paths:
         try:
-            result = predict_file(model, path, output, **options)
-        except InputError as e:
+            result = predict_file(model, path, output, overwrite=overwrite, **options)
+        except (InputError, OutputError) as e:  # OutputError: a file made since the check
             failed += 1
             print(f"error: {e}", file=sys.stderr)
             continue
