@@ -44,6 +44,8 @@ def get_config():
     # Hounsfield window mapped to [0, 1]: the lung window (level -600, width 1500).
     config.data.hu_min = -1350.0
     config.data.hu_max = 150.0
+    # Refuse images that do not look like Hounsfield units (8-bit, or one grey in the window).
+    config.data.sanity_checks = True
     # Fraction of the source held out for per-epoch validation, and the split's seed.
     config.data.val_fraction = 0.1
     config.data.split_seed = 0

@@ -13,17 +13,17 @@ prints a table. See docs/evaluation.md.
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 
 from lungseg_jax.core import cli
-from lungseg_jax.core.files import write_atomic
+from lungseg_jax.core.files import prepare_file_path, write_atomic
 from lungseg_jax.evaluation import evaluator
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json and checkpoints/).")
 flags.DEFINE_string("data_dir", None, "Folder with 2d_images/ and 2d_masks/.")
 flags.DEFINE_string("output", None, "Where to write the metrics JSON (the report goes next "
-                    "to it).")
+                    "to it): a file path, not a folder; its folder is created.")
 flags.DEFINE_float("threshold", 0.5, "Probability threshold for a lung pixel.")
 flags.DEFINE_integer("batch_size", 8, "Images per prediction batch.", lower_bound=1)
 flags.DEFINE_integer("ensemble_last", 0, "Ensemble the last M snapshots (0: all).",
@@ -39,6 +39,7 @@ flags.register_validator("threshold", cli.is_probability_threshold, message=cli.
 
 
 def main(argv):
+    prepare_file_path(FLAGS.output)  # a bad --output fails now, not after the evaluation
     cli.start(argv)
     result = evaluator.evaluate_workdir(
         FLAGS.workdir, FLAGS.data_dir, FLAGS.threshold, FLAGS.batch_size,
@@ -50,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

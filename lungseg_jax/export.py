@@ -1,11 +1,12 @@
 """Entry point: export a workdir's snapshots and their ensemble as ``jax.export`` artifacts.
 
-    python -m lungseg_jax.export --workdir DIR --output EXPORT_DIR [--snapshots last:2]
+    python -m lungseg_jax.export --workdir DIR --output EXPORT_DIR [--snapshots last:2] \
+        [--overwrite]
 
 See ``serving/export.py`` and docs/tracking_export_predict.md.
 """
 
-from absl import app, flags
+from absl import flags
 
 from lungseg_jax.core import cli
 from lungseg_jax.serving import export
@@ -15,6 +16,8 @@ flags.DEFINE_string("workdir", None, "Training workdir (config.json and checkpoi
 flags.DEFINE_string("output", None, "Export directory to write.")
 flags.DEFINE_string("snapshots", "all", "Snapshots to export: 'all' or 'last:m'.")
 flags.DEFINE_float("threshold", 0.5, "Probability threshold recorded for a lung pixel.")
+flags.DEFINE_bool("overwrite", False, "Write into an existing non-empty --output folder "
+                  "(its files of the same names are replaced).")
 flags.DEFINE_list("platforms", list(export.PLATFORMS), "Platforms the artifacts are lowered for.")
 flags.mark_flags_as_required(["workdir", "output"])
 flags.register_validator("threshold", cli.is_probability_threshold, message=cli.THRESHOLD_RULE)
@@ -23,9 +26,10 @@ flags.register_validator("threshold", cli.is_probability_threshold, message=cli.
 def main(argv):
     cli.start(argv)
     metadata = export.export_workdir(FLAGS.workdir, FLAGS.output, FLAGS.snapshots,
-                                     FLAGS.threshold, tuple(FLAGS.platforms))
+                                     FLAGS.threshold, tuple(FLAGS.platforms),
+                                     overwrite=FLAGS.overwrite)
     print(f"exported snapshots {metadata['snapshot_steps']} and their ensemble to {FLAGS.output}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -8,7 +8,7 @@ makes SPLIT/train and SPLIT/test in the same layout; train on SPLIT/train
 SPLIT/train or SPLIT/test is refused (another split's links would mix in): remove it first.
 """
 
-from absl import app, flags
+from absl import flags
 
 from lungseg_jax.core import cli
 from lungseg_jax.data import splits
@@ -31,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

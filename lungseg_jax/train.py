@@ -13,13 +13,14 @@ import json
 import sys
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from etils import epath
 from ml_collections import config_flags
 
 from lungseg_jax.core import cli
 from lungseg_jax.core.files import write_atomic
 from lungseg_jax.tracking.tracker import Tracker
+from lungseg_jax.training.config_checks import check_config
 from lungseg_jax.training.loop import train_and_evaluate
 from lungseg_jax.training.preemption import Preempted
 
@@ -34,6 +35,7 @@ cli.define_cluster_flags()
 
 def main(argv):
     cli.start(argv, cluster=True)
+    check_config(FLAGS.config)  # a bad value is refused in one line, before the config's log
     logging.info("Config:\n%s", FLAGS.config)
     with Tracker(FLAGS.config, FLAGS.workdir) as tracker:  # MLflow, if configured
         try:
@@ -58,4 +60,4 @@ def evaluate_test_set(workdir: str, data_dir: str) -> dict | None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 
 from conftest import NO_REAL_DATA, REAL_DATA, good_pair, write_pair
-from lungseg_jax.data import preprocess, splits
+from lungseg_jax.data import preprocess, sources, splits
 from lungseg_jax.data import slices as folders
 from lungseg_jax.data.phantoms import synthetic_slices
+
+
+def ct_pair(size=16, value=255):
+    """``good_pair`` with air beside the body, so that the lung window maps the image to
+    more than one grey (``read_folder`` refuses nearly constant images)."""
+    image, mask = good_pair(size, value)
+    image[:, size // 2:] = -1000
+    return image, mask
 
 
 def test_phantoms_are_deterministic_and_ct_like():
@@ -29,7 +37,7 @@ def test_phantoms_are_deterministic_and_ct_like():
 
 @pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=NO_REAL_DATA)
 def test_reads_the_real_dataset_folder():
-    slices = folders.read_folder(REAL_DATA)
+    slices = folders.read_folder(REAL_DATA)  # every slice passes every sanity check
     assert len(slices) == 240
     assert all(im.shape == (512, 512) and im.dtype == np.int16 for im in slices.images)
     assert all(set(np.unique(m)) == {0, 1} for m in slices.masks)
@@ -37,8 +45,8 @@ def test_reads_the_real_dataset_folder():
 
 
 def test_reads_masks_encoded_0_255_and_0_1(tmp_path):
-    write_pair(tmp_path, "a", *good_pair(value=255))
-    write_pair(tmp_path, "b", *good_pair(value=1))
+    write_pair(tmp_path, "a", *ct_pair(value=255))
+    write_pair(tmp_path, "b", *ct_pair(value=1))
     slices = folders.read_folder(str(tmp_path))
     assert slices.names == ["a", "b"]
     np.testing.assert_array_equal(slices.masks[0], slices.masks[1])
@@ -56,7 +64,7 @@ def test_reads_masks_encoded_0_255_and_0_1(tmp_path):
     ("no_images", "no .tif images"),
 ])
 def test_bad_folders_raise_errors_naming_the_fault(tmp_path, breakage, message):
-    image, mask = good_pair()
+    image, mask = ct_pair()
     write_pair(tmp_path, "ok", image, mask)
     bad = str(tmp_path / "2d_masks" / "bad.tif")
     if breakage == "missing_mask":
@@ -83,6 +91,97 @@ def test_bad_folders_raise_errors_naming_the_fault(tmp_path, breakage, message):
         folders.read_folder(str(tmp_path))
     if breakage in ("shape", "unreadable", "non_binary"):
         assert "bad.tif" in str(error.value)
+
+
+def hounsfield_error(tmp_path, image, **read_options):
+    """The message of ``read_folder``'s error for a folder of a good slice and ``bad.tif``
+    holding ``image``; checks it names ``bad.tif``'s path first."""
+    write_pair(tmp_path, "ok", *ct_pair())
+    write_pair(tmp_path, "bad", image, ct_pair()[1])
+    with pytest.raises(ValueError) as error:
+        folders.read_folder(str(tmp_path), **read_options)
+    assert str(error.value).startswith(f"{tmp_path / '2d_images' / 'bad.tif'}: ")
+    return str(error.value)
+
+
+def test_unsigned_8_bit_images_are_refused_naming_the_file(tmp_path):
+    eight_bit = ((ct_pair()[0] + 1024) // 8).astype(np.uint8)  # -1000, -800 HU: 3, 28
+    assert "unsigned 8-bit pixels (0-255) are not Hounsfield units" in hounsfield_error(
+        tmp_path, eight_bit)
+
+
+def halves(low, high, size=16):
+    """An image of two equal halves: ``low`` and ``high`` HU."""
+    image = np.full((size, size), low, np.int16)
+    image[:, size // 2:] = high
+    return image
+
+
+@pytest.mark.parametrize("image, values", [
+    (good_pair()[0], "[-800, -800]"),  # one value
+    (ct_pair()[0].astype(np.float32) / 4000 + 0.5, "[0.25, 0.3]"),  # normalised: 0.9 windowed
+    (halves(-800, -800 + 59), "[-800, -741]"),  # within +-0.02 of one windowed value
+    (halves(-2000, -1500), "[-1350, -1350]"),  # all below the window
+])
+def test_images_the_window_maps_to_nearly_one_grey_are_refused(tmp_path, image, values):
+    message = hounsfield_error(tmp_path, image)
+    assert f"nearly constant in the Hounsfield window [-1350, 150] (99% of its values in " \
+           f"{values})" in message
+
+
+def test_images_of_two_greys_in_the_window_pass(tmp_path):
+    write_pair(tmp_path, "a", halves(-800, -800 + 61), ct_pair()[1])  # 61 HU > 0.04 * 1500
+    np.testing.assert_array_equal(folders.read_folder(str(tmp_path)).images[0],
+                                  halves(-800, -739))
+
+
+def test_sanity_checks_off_accept_such_images_and_the_window_is_the_configs(tmp_path,
+                                                                             tiny_config):
+    eight_bit, normalised = (ct_pair()[0] // 8 + 128).astype(np.uint8), ct_pair()[0] / 4000
+    write_pair(tmp_path, "a", eight_bit, ct_pair()[1])
+    write_pair(tmp_path, "b", normalised.astype(np.float32), ct_pair()[1])
+    tiny_config.data.source, tiny_config.data.path = "folder", str(tmp_path)
+    with pytest.raises(ValueError, match="a.tif: unsigned 8-bit"):
+        sources.load_slices(tiny_config.data)
+    tiny_config.data.sanity_checks = False
+    slices = sources.load_slices(tiny_config.data)
+    np.testing.assert_array_equal(slices.images[0], eight_bit)
+    np.testing.assert_array_equal(slices.images[1], normalised.astype(np.float32))
+    os.remove(tmp_path / "2d_images" / "a.tif")
+    os.remove(tmp_path / "2d_masks" / "a.tif")
+    # With checks on, a window that fits the normalised values accepts them.
+    tiny_config.data.sanity_checks = True
+    tiny_config.data.hu_min, tiny_config.data.hu_max = -0.5, 0.5
+    assert sources.load_slices(tiny_config.data).names == ["b"]
+    tiny_config.data.hu_min, tiny_config.data.hu_max = -1350.0, 150.0
+    with pytest.raises(ValueError, match="b.tif: nearly constant"):
+        sources.load_slices(tiny_config.data)
+
+
+@pytest.mark.parametrize("sub", ["2d_images", "2d_masks"])
+def test_two_files_of_one_slice_are_refused_naming_both(tmp_path, sub):
+    write_pair(tmp_path, "x", *ct_pair())
+    tif = tmp_path / sub / "x.tif"
+    os.link(tif, tmp_path / sub / "x.tiff")
+    with pytest.raises(ValueError) as error:
+        folders.read_folder(str(tmp_path))
+    assert str(error.value) == f"{tif} and {tif}f: two files for slice 'x'; keep one"
+
+
+@pytest.mark.parametrize("mask, message", [
+    (np.full((16, 16), 255, np.uint8),
+     "the mask marks 100.0% of the image as lung (at most 90% expected): all lung, or inverted?"),
+    (1 - ct_pair(value=1)[1],  # lung 0, the rest 1: 220 of 256 pixels, the whole border
+     "100.0% of the mask's border is lung (at most 50% expected): inverted (lung 0, the rest "
+     "1)?"),
+])
+def test_masks_that_are_all_lung_or_inverted_are_refused_naming_the_file(tmp_path, mask,
+                                                                          message):
+    write_pair(tmp_path, "ok", *ct_pair())
+    write_pair(tmp_path, "bad", ct_pair()[0], mask)
+    with pytest.raises(ValueError) as error:
+        folders.read_folder(str(tmp_path))
+    assert str(error.value) == f"{tmp_path / '2d_masks' / 'bad.tif'}: {message}"
 
 
 def test_missing_folder_is_named(tmp_path):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, good_pair, write_pair
+from data_test import ct_pair
 from lungseg_jax.core import cli
 from lungseg_jax.data import preprocess
 from lungseg_jax.data import slices as folders
@@ -130,23 +131,23 @@ def write_folder(root, pairs):
 
 
 def test_folder_with_non_finite_pixels_names_the_file(tmp_path):
-    image, mask = good_pair()
+    image, mask = ct_pair()
     broken = image.astype(np.float32)
     broken[5, 5] = -np.inf
-    write_folder(tmp_path, {"a": good_pair(), "b": (broken, mask)})
+    write_folder(tmp_path, {"a": ct_pair(), "b": (broken, mask)})
     with pytest.raises(ValueError, match=r"2d_images/b.tif: non-finite pixel value -inf"):
         folders.read_folder(str(tmp_path))
 
 
 def test_folder_with_nan_mask_names_the_file(tmp_path):
-    image, mask = good_pair()
-    write_folder(tmp_path, {"a": good_pair(), "b": (image, np.where(mask > 0, np.nan, 0.0))})
+    image, mask = ct_pair()
+    write_folder(tmp_path, {"a": ct_pair(), "b": (image, np.where(mask > 0, np.nan, 0.0))})
     with pytest.raises(ValueError, match=r"2d_masks/b.tif: non-finite pixel value nan"):
         folders.read_folder(str(tmp_path))
 
 
 def test_slices_of_mixed_sizes_are_read_and_resized_alike(tmp_path, tiny_config):
-    write_folder(tmp_path, {"a": good_pair(16), "b": good_pair(24), "c": good_pair(32)})
+    write_folder(tmp_path, {"a": ct_pair(16), "b": ct_pair(24), "c": ct_pair(32)})
     slices = folders.read_folder(str(tmp_path))
     assert [im.shape for im in slices.images] == [(16, 16), (24, 24), (32, 32)]
     images, masks = preprocess.preprocess(slices, tiny_config.data)
@@ -155,19 +156,22 @@ def test_slices_of_mixed_sizes_are_read_and_resized_alike(tmp_path, tiny_config)
 
 def test_cli_refuses_bad_values_before_creating_the_workdir(tmp_path):
     result = train_cli(tmp_path / "run", "--config.num_epochs=-2")
-    assert result.returncode != 0
-    assert "config.num_epochs=-2 is invalid" in result.stderr
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: config.num_epochs=-2 is invalid: expected a positive integer"]
     assert not os.path.exists(tmp_path / "run")
 
 
 def test_cli_refuses_a_bad_data_folder_before_creating_the_workdir(tmp_path):
-    image, mask = good_pair()
+    image, mask = ct_pair()
     mask[0, 0] = 3
-    write_folder(tmp_path / "data", {"a": good_pair(), "b": (image, mask)})
+    write_folder(tmp_path / "data", {"a": ct_pair(), "b": (image, mask)})
     result = train_cli(tmp_path / "run", "--config.data.source=folder",
                        f"--config.data.path={tmp_path / 'data'}")
-    assert result.returncode != 0
-    assert f"{tmp_path / 'data' / '2d_masks' / 'b.tif'}: mask is not binary" in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (  # after the config's log
+        f"error: {tmp_path / 'data' / '2d_masks' / 'b.tif'}: mask is not binary (values "
+        "[  0   3 255]); expected 0/1 or 0/255")
     assert not os.path.exists(tmp_path / "run")
 
 
@@ -179,8 +183,9 @@ def test_cli_never_overwrites_a_checkpoint_of_a_different_config(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in checkpoints.rglob("*")}
     config_before = (workdir / "config.json").read_text()
     second = train_cli(workdir, "--config.learning_rate=0.5", "--config.num_epochs=2")
-    assert second.returncode != 0
-    assert "holds a run with a different config" in second.stderr
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert second.stderr.splitlines()[-1].startswith(
+        f"error: {str(workdir)!r} holds a run with a different config")
     assert "learning_rate: 0.001 -> 0.5" in second.stderr and "num_epochs: 1 -> 2" in second.stderr
     assert "use a new --workdir" in second.stderr
     assert {p: p.stat().st_mtime_ns for p in checkpoints.rglob("*")} == before

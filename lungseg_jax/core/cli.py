@@ -1,9 +1,17 @@
-"""What every command-line entry point shares: its start-up and its common flags."""
+"""What every command-line entry point shares: its start-up, its common flags, and how it
+reports a user's error."""
 
-from absl import app, flags
+import functools
+import sys
+
+from absl import app, flags, logging
 
 from lungseg_jax.core import distributed, runtime
 
+# What a user's input causes (a bad config value, data file, path or flag value); the
+# messages name the file, field or value, so a traceback would only bury them.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               IsADirectoryError, PermissionError)
 THRESHOLD_RULE = "--threshold must be a probability strictly between 0 and 1"
 
 
@@ -38,3 +46,24 @@ def start(argv, *, positional_args: bool = False, cluster: bool = False,
                                f.multihost)
     runtime.setup_jax(cache_dir)
     runtime.setup_logging()
+
+
+def run(main) -> None:
+    """``absl.app.run(main)``, where a ``USER_ERRORS`` error prints one line, ``error:
+    <message>``, on stderr and exits with status 1; other errors keep their traceback, and
+    ``--verbosity=1`` shows it for every error."""
+    app.run(_user_errors_in_one_line(main))
+
+
+def _user_errors_in_one_line(main):
+    @functools.wraps(main)
+    def main_reporting_user_errors(argv):
+        try:
+            return main(argv)
+        except USER_ERRORS as error:
+            if logging.level_debug():
+                raise
+            print("error: " + " ".join(str(error).splitlines()), file=sys.stderr)
+            sys.exit(1)
+
+    return main_reporting_user_errors

@@ -1,5 +1,6 @@
 """Paths that may be local or an object-store URI (``gs://``), and atomic writes to them."""
 
+import contextlib
 import os
 
 from etils import epath
@@ -23,8 +24,24 @@ def write_atomic(path: epath.PathLike, text: str) -> None:
         epath.Path(path).write_text(text)
         return
     tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a folder at ``path``, an interrupt: leave no .tmp
+        with contextlib.suppress(OSError):  # none if it could not be opened
+            os.remove(tmp)
+        raise
+
+
+def prepare_file_path(path: epath.PathLike) -> None:
+    """Makes sure a file can be written at ``path`` before the work that produces it:
+    refuses an existing folder there (IsADirectoryError) and creates the folder it goes in
+    (FileExistsError/NotADirectoryError when a file is in the way)."""
+    path = absolute(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; expected a file path such as "
+                                f"{path / 'result.json'}")
+    path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,12 +12,19 @@ def load_slices(data_config) -> Slices:
         return phantoms.synthetic_slices(data_config.synthetic.num_images,
                                          data_config.synthetic.size, data_config.synthetic.seed)
     if data_config.source == "folder":
-        return read_folder(data_config.path)
+        return read_configured_folder(data_config.path, data_config)
     if data_config.source == "tfds":
         from lungseg_jax.data import tfds_lungs  # optional dependency
         return tfds_lungs.load_slices(data_config.path, data_config.tfds_data_dir)
     raise ValueError(f"unknown config.data.source {data_config.source!r}; "
                      "expected 'synthetic', 'folder' or 'tfds'")
+
+
+def read_configured_folder(path: str, data_config) -> Slices:
+    """``read_folder`` with ``data_config``'s Hounsfield window and ``sanity_checks`` switch
+    (absent from the configs of runs recorded before it: on)."""
+    return read_folder(path, hu_window=(data_config.hu_min, data_config.hu_max),
+                       sanity_checks=data_config.get("sanity_checks", True))
 
 
 def train_val_slices(data_config) -> tuple[Slices, Slices]:

@@ -67,9 +67,25 @@ def write_export(output: epath.PathLike, members: dict, input_shape: tuple, meta
     return metadata
 
 
+def check_output(output: epath.PathLike, overwrite: bool) -> None:
+    """Raises FileExistsError if ``output`` is a file, or (unless ``overwrite``) a folder
+    that is not empty: an export is never written over without being asked."""
+    output = epath.Path(output)
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"{output}: a file, not an export folder")
+    if not overwrite and output.exists() and any(output.iterdir()):
+        raise FileExistsError(f"{output}: not empty; export to a new folder, or replace "
+                              "its export (--overwrite)")
+
+
 def export_workdir(workdir: epath.PathLike, output: epath.PathLike, snapshots: str = "all",
-                   threshold: float = 0.5, platforms=PLATFORMS) -> dict:
-    """Exports the chosen snapshots of ``workdir`` to ``output``; returns the metadata."""
+                   threshold: float = 0.5, platforms=PLATFORMS, *,
+                   overwrite: bool = False) -> dict:
+    """Exports the chosen snapshots of ``workdir`` to ``output``; returns the metadata.
+
+    Refuses an ``output`` that holds files, before any work, unless ``overwrite``.
+    """
+    check_output(output, overwrite)
     trained = restore_trained(workdir)
     steps = choose_snapshots(trained.snapshots, snapshots)
     config, predict = trained.config, probability_fn(trained.model)
