@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from lungseg_jax.ops import conv, policy, winograd
+from lungseg_jax.model.unet import MODELS
+from lungseg_jax.ops import conv, policy, reference, upsampling, winograd
 
 # Weight gradient (on the CPU): 1x1 one product; no more input than output channels
 # one product per tap; more input channels the taps of g stacked into one product.
@@ -314,3 +315,73 @@ def test_winograd_on_cpu_and_xla_convolution_elsewhere(winograd_host):
 
     assert "convolution" not in train_hlo("cpu") and "dot_general" in train_hlo("cpu")
     assert "convolution" in train_hlo("cuda")
+
+
+def model_layer_cases(name: str, size: int, batch: int = 4) -> list:
+    """Every distinct convolution the model ``name`` computes in a train step at ``size``:
+    ``(part shape, kernel slice shape, whole kernel shape, part is upsampled)`` for each
+    part of each ``Conv`` layer, as ``Conv`` calls ``conv2d_same``/``conv_of_upsampled``."""
+    cases = []
+
+    def record(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name == "__call__" and isinstance(module, conv.Conv):
+            k, channels = module.kernel_size, sum(part.shape[-1] for part in args)
+            for part in args:
+                upsampled = isinstance(part, upsampling.Upsampled)
+                shape = part.low.shape if upsampled else part.shape
+                cases.append((tuple(shape), (k, k, shape[-1], module.features),
+                              (k, k, channels, module.features), upsampled))
+        return next_fun(*args, **kwargs)
+
+    model = MODELS[name]()
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((batch, size, size, 1)),
+                                          train=False))
+    return sorted(set(cases))
+
+
+def float64_conv_pullback(x, w, g, upsampled):
+    """(output, input gradient, weight gradient) of lax's 'same' convolution (of the
+    upsampled ``x`` where ``upsampled``), computed in float64."""
+    with jax.enable_x64(True):
+        def f(x, w):
+            if upsampled:
+                x = reference.upsample_2x(x)
+            return lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                            dimension_numbers=conv.DIMENSION_NUMBERS)
+        x64, w64, g64 = (np.asarray(a, np.float64) for a in (x, w, g))
+        y, vjp = jax.vjp(jax.jit(f), x64, w64)
+        return tuple(np.asarray(a) for a in (y, *vjp(g64)))
+
+
+@pytest.mark.parametrize("avx512", [True, False], ids=["avx512_host", "avx2_host"])
+@pytest.mark.parametrize("name", ["incp_unet", "conv_unet"])
+@pytest.mark.parametrize("size", [128, pytest.param(256, marks=pytest.mark.slow)])
+def test_every_model_convolution_matches_float64_lax_at_the_trained_sizes(
+        monkeypatch, name, size, avx512):
+    """Each convolution a train step computes (batch 4, the models' real layer shapes, each
+    part of a concatenation with its slice of the kernel), in whatever form the CPU policy
+    picks for it on either kind of host, against lax's convolution in float64: the output,
+    the input gradient and the weight gradient, each within 2e-5 of its largest value."""
+    monkeypatch.setattr(policy, "host_has_avx512", lambda: avx512)
+    rng = np.random.default_rng(size)
+    for x_shape, kernel_shape, whole_kernel, upsampled in model_layer_cases(name, size):
+        x = rng.normal(size=x_shape).astype(np.float32)
+        w = (rng.normal(size=kernel_shape) / np.sqrt(np.prod(kernel_shape[:3]))).astype(
+            np.float32)
+        n, h, wd, _ = x_shape
+        out_hw = (2 * h, 2 * wd) if upsampled else (h, wd)
+        g = rng.normal(size=(n, *out_hw, kernel_shape[-1])).astype(np.float32)
+        form = conv.conv_of_upsampled if upsampled else conv.conv2d_same
+
+        def pullback(x, w):
+            y, vjp = jax.vjp(lambda x, w: form(x, w, whole_kernel), x, w)
+            return (y, *vjp(g))
+
+        got = jax.jit(pullback)(x, w)
+        want = float64_conv_pullback(x, w, g, upsampled)
+        for what, a, b in zip(("output", "input gradient", "weight gradient"), got, want):
+            np.testing.assert_allclose(
+                a, b, rtol=0, atol=2e-5 * np.abs(b).max(),
+                err_msg=f"{what} of {x_shape} * {kernel_shape} (upsampled: {upsampled})")

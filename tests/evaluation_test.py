@@ -98,6 +98,83 @@ def test_hd95_matches_brute_force():
     assert report.hd95(square, np.zeros_like(square)) == math.inf
 
 
+def reference_evaluation(trained, slices, members, threshold, tta, postprocess,
+                         batch_size=8):
+    """(scores, native masks) computed here, independently of the evaluator: each member's
+    probabilities (flip TTA: the mean with the un-flipped prediction of the flipped slice),
+    their mean, resized bilinearly to each mask's size, thresholded there, optionally
+    post-processed; pooled IoU from the summed counts. The model runs on batches padded to
+    ``batch_size`` like the evaluator's, so the probabilities are the same floats."""
+    predict = probability_fn(trained.model)
+    images, _ = preprocess.preprocess(slices, trained.config.data)
+
+    def probabilities(step, inputs):
+        padded = np.concatenate([inputs, np.zeros((-len(inputs) % batch_size,
+                                                   *inputs.shape[1:]), inputs.dtype)])
+        out = [np.asarray(predict(trained.variables[step], padded[i:i + batch_size]))
+               for i in range(0, len(padded), batch_size)]
+        return np.concatenate(out)[:len(inputs)]
+
+    def member(step):
+        if not tta:
+            return probabilities(step, images)
+        both = probabilities(step, np.concatenate([images, images[:, :, ::-1]]))
+        return (both[:len(images)] + both[len(images):, :, ::-1]) / 2
+
+    mean = np.mean([member(step) for step in members], axis=0)
+    masks, inter, union, ious, dices = [], 0, 0, [], []
+    for p, truth in zip(mean, slices.masks):
+        pred = cv2.resize(p, truth.shape[::-1], interpolation=cv2.INTER_LINEAR) > threshold
+        if postprocess:
+            pred = inference.keep_largest_components(pred)
+        truth = truth > 0
+        i, u = int((pred & truth).sum()), int((pred | truth).sum())
+        inter, union = inter + i, union + u
+        ious.append(i / u)
+        dices.append(2 * i / (pred.sum() + truth.sum()))
+        masks.append(pred)
+    scores = {"pooled_iou": inter / union, "mean_iou": float(np.mean(ious)),
+              "mean_dice": float(np.mean(dices))}
+    return scores, masks
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3])
+def test_every_score_equals_an_independent_computation(workdir, test_dir, threshold):
+    """Catches an ensemble reduced to one member, an ignored threshold, a resize after
+    thresholding or a nearest-neighbour one, a TTA without its flip back, and a pooled IoU
+    computed as a mean: each changes at least one of these scores."""
+    trained = restore_trained(workdir)
+    slices = folders.read_folder(test_dir)
+    result = evaluator.evaluate_workdir(workdir, test_dir, threshold=threshold,
+                                        select_on_validation=False)
+    assert result["options"]["ensemble_members"] == [4, 8] and trained.final_step == 8
+    for weights, tta, postprocess in evaluator.VARIANTS:
+        members = [8] if weights == "final" else [4, 8]
+        want, _ = reference_evaluation(trained, slices, members, threshold, tta, postprocess)
+        got = result["variants"][evaluator.variant_name(weights, tta, postprocess)]
+        assert got == pytest.approx(want, abs=1e-12), (weights, tta, postprocess)
+    for snapshot in result["snapshots"]:
+        want, _ = reference_evaluation(trained, slices, [snapshot["step"]], threshold, False,
+                                       False)
+        assert {k: v for k, v in snapshot.items() if k != "step"} == pytest.approx(want,
+                                                                                    abs=1e-12)
+
+
+def test_the_checks_above_can_tell_the_mutations_apart(workdir, test_dir):
+    """The reference scores differ where a mutation would change them: the members differ,
+    so do the thresholds, TTA and not, and the pooled IoU from the mean IoU."""
+    trained = restore_trained(workdir)
+    slices = folders.read_folder(test_dir)
+
+    def pooled(members=(4, 8), threshold=0.5, tta=False):
+        return reference_evaluation(trained, slices, list(members), threshold, tta, False)[0]
+
+    assert pooled()["pooled_iou"] != pooled(members=[8])["pooled_iou"]
+    assert pooled()["pooled_iou"] != pooled(threshold=0.3)["pooled_iou"]
+    assert pooled()["pooled_iou"] != pooled(tta=True)["pooled_iou"]
+    assert pooled()["pooled_iou"] != pooled()["mean_iou"]
+
+
 def test_ensemble_last_out_of_range_is_refused(workdir, test_dir):
     with pytest.raises(ValueError, match="ensemble_last=3 .* 2 snapshots"):
         evaluator.evaluate_workdir(workdir, test_dir, ensemble_last=3)
@@ -141,7 +218,12 @@ def test_variants_validation_winner_and_report_files(workdir, test_dir, tmp_path
     assert [int(r["true"]) for r in rows] == [int((m > 0).sum()) for m in truth]
     np.testing.assert_allclose(np.mean([float(r["iou"]) for r in rows]), scores["mean_iou"])
     np.testing.assert_allclose(np.mean([float(r["dice"]) for r in rows]), scores["mean_dice"])
-    assert all(float(r["hd95"]) >= 0 for r in rows)
+    # The report's masks: final and the ensemble of the last 1 are both step 8's weights.
+    _, reference_masks = reference_evaluation(
+        restore_trained(workdir), folders.read_folder(test_dir), [8], 0.5,
+        "+tta" in result["report_variant"], "+pp" in result["report_variant"])
+    for row, pred, mask in zip(rows, reference_masks, truth):
+        assert float(row["hd95"]) == pytest.approx(brute_force_hd95(pred, mask > 0), rel=1e-5)
 
     # Markdown: the sections, a row per variant, and links to PNGs that exist and decode.
     md = open(prefix + ".md").read()
@@ -162,3 +244,20 @@ def test_variants_validation_winner_and_report_files(workdir, test_dir, tmp_path
     worst_name = min(rows, key=lambda r: float(r["iou"]))["name"]
     assert f"test_worst1_{worst_name}.png" in overlays
     assert f"min {worst_iou:.4f}" in md
+
+
+def test_listed_label_errors_are_left_out_and_named(workdir, test_dir, tmp_path):
+    listed = tmp_path / "errata.json"
+    listed.write_text(json.dumps([{"slice": "phantom_0002", "problem": "mask omits a lung",
+                                   "confirmed": "by eye"}]))
+    result = evaluator.evaluate_workdir(workdir, test_dir, select_on_validation=False,
+                                        errata_file=str(listed))
+    assert result["num_images"] == 4 and result["left_out"] == ["phantom_0002"]
+    assert "phantom_0002: mask omits a lung (by eye)" in result["left_out_why"]
+    trained, slices = restore_trained(workdir), folders.read_folder(test_dir)
+    want, _ = reference_evaluation(trained, slices.subset([0, 1, 3, 4]), [8], 0.5, False, False)
+    assert result["final"] == pytest.approx(want, abs=1e-12)
+    assert "left out as known label errors" in evaluator.format_table(result)
+    everything = evaluator.evaluate_workdir(workdir, test_dir, select_on_validation=False,
+                                            errata_file=None)
+    assert everything["num_images"] == 5 and everything["left_out"] == []

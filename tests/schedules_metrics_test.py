@@ -28,8 +28,24 @@ def test_snapshot_schedule_is_cosine_restarted_every_cycle():
 
 def test_snapshot_steps_end_each_cycle():
     assert schedules.snapshot_steps(90, 3) == [30, 60, 90]
-    assert schedules.snapshot_steps(100, 3) == [34, 68, 100]
     assert schedules.snapshot_steps(10, 1) == [10]
+    assert schedules.snapshot_steps(12, 12) == list(range(1, 13))
+
+
+@pytest.mark.parametrize("total, cycles, message", [
+    (10, 4, r"num_cycles=4 does not divide the run's 10 train steps .* do: 1, 2, 5 "),
+    (100, 3, r"num_cycles=3 does not divide the run's 100 train steps .* do: 1, 2, 4 "),
+    (10, 6, r"num_cycles=6 does not divide the run's 10 train steps .* do: 2, 5, 10 "),
+    (4, 5, r"num_cycles=5 exceeds the run's 4 train steps"),
+])
+def test_cycles_that_would_be_unequal_are_refused_naming_counts_that_work(total, cycles,
+                                                                          message):
+    """10 steps in 4 cycles used to end cycles at 3, 6, 9, 10 (the last one step long, the
+    step before the end at the full rate); 6 cycles lost a snapshot."""
+    with pytest.raises(ValueError, match=message):
+        schedules.snapshot_steps(total, cycles)
+    with pytest.raises(ValueError, match=message):
+        schedules.create_learning_rate_fn(schedule("snapshot", cycles), 1e-3, total)
 
 
 def test_constant_and_cosine():
@@ -74,6 +90,10 @@ def test_pooled_iou_weights_large_images_more():
     assert result["mean_iou"] == pytest.approx(0.45)
 
 
-def test_empty_prediction_and_truth_scores_one():
-    assert metrics.summarize([[0, 0, 0, 0]]) == {"pooled_iou": 0.0, "mean_iou": 1.0,
+def test_empty_prediction_and_truth_score_one_in_every_metric():
+    assert metrics.summarize([[0, 0, 0, 0]]) == {"pooled_iou": 1.0, "mean_iou": 1.0,
                                                  "mean_dice": 1.0}
+    assert metrics.summarize([[0, 0, 0, 0], [0, 0, 0, 0]])["pooled_iou"] == 1.0
+    # An empty image beside a scored one: it counts as 1 per image, nothing in the pooled.
+    assert metrics.summarize([[0, 0, 0, 0], [1, 4, 2, 3]]) == {
+        "pooled_iou": 0.25, "mean_iou": (1 + 0.25) / 2, "mean_dice": (1 + 2 / 5) / 2}

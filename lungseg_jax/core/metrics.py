@@ -17,12 +17,14 @@ def pixel_counts(pred, truth):
 def summarize(counts) -> dict:
     """Pooled IoU (sums over all images, as the study), mean per-image IoU and Dice.
 
-    An image whose prediction and truth are both empty scores 1.
+    One rule for empty sets, in every metric: where prediction and truth are both empty
+    (an image, or for the pooled IoU the whole set), the score is 1: nothing to find, and
+    nothing found.
     """
     counts = np.asarray(counts, np.float64).reshape(-1, 4)
     inter, union, pred, true = counts.T
     empty = union == 0
     iou = np.where(empty, 1.0, inter / np.maximum(union, 1))
     dice = np.where(empty, 1.0, 2 * inter / np.maximum(pred + true, 1))
-    return {"pooled_iou": float(inter.sum() / max(union.sum(), 1)),
-            "mean_iou": float(iou.mean()), "mean_dice": float(dice.mean())}
+    pooled = 1.0 if union.sum() == 0 else float(inter.sum() / union.sum())
+    return {"pooled_iou": pooled, "mean_iou": float(iou.mean()), "mean_dice": float(dice.mean())}

@@ -16,14 +16,17 @@ import itertools
 from typing import NamedTuple
 
 import numpy as np
+from absl import logging
 from etils import epath
 
 from lungseg_jax.core import metrics
+from lungseg_jax.data import errata
 from lungseg_jax.data.preprocess import preprocess, to_native
-from lungseg_jax.data.slices import read_folder
-from lungseg_jax.data.sources import train_val_slices
+from lungseg_jax.data.slices import Slices
+from lungseg_jax.data.sources import load_slices, read_configured_folder, train_val_slices
 from lungseg_jax.evaluation import report
 from lungseg_jax.model.unet import probability_fn
+from lungseg_jax.rundir import split_record
 from lungseg_jax.rundir.trained import Trained, restore_trained
 from lungseg_jax.serving.inference import native_masks, plain_and_flip_tta
 
@@ -92,30 +95,55 @@ def score_variants(predictions: Predictions, masks: list, weights_steps: dict,
             for weights, tta, postprocess in VARIANTS}
 
 
+def validation_slices(config, record: dict | None) -> Slices:
+    """The run's validation slices: those it recorded (checked against their digests), or
+    for a run that recorded none, its split drawn again from ``config.data``."""
+    if record is None:
+        return train_val_slices(config.data)[1]
+    return split_record.recorded_subset(load_slices(config.data), record["validation"],
+                                        f"config.data ({config.data.source} {config.data.path})")
+
+
 def evaluate_workdir(workdir: epath.PathLike, data_dir: str, threshold: float = 0.5,
                      batch_size: int = 8, ensemble_last: int = 0, tta: bool = False,
                      postprocess: bool = False, select_on_validation: bool = True,
-                     report_prefix: epath.PathLike | None = None) -> dict:
+                     report_prefix: epath.PathLike | None = None,
+                     errata_file: str | None = errata.BUILTIN,
+                     allow_overlap: bool = False) -> dict:
     """The evaluate CLI's result on ``data_dir``.
 
     ``final``, ``snapshots`` and ``ensemble`` (last ``ensemble_last`` snapshots, 0: all) are
     scored with the requested ``tta``/``postprocess``; ``variants`` holds every combination.
     ``select_on_validation`` also scores the variants on the run's validation split and names
     the ``winner`` there; the report (``report_prefix``.csv/.md/*.png) shows that winner, or
-    else the requested ensemble variant.
+    else the requested ensemble variant. The slices of ``errata_file`` (the dataset's known
+    label errors; None: none) are left out, and ``left_out`` names them. A ``data_dir``
+    sharing a slice (by name or content) with the run's recorded training or validation
+    data is refused unless ``allow_overlap``.
     """
     trained = restore_trained(workdir)
     config = trained.config
     members = ensemble_members(trained, ensemble_last)
     weights_steps = {"final": [trained.final_step], "ensemble": members}
-    slices = read_folder(data_dir)
+    known_errors = errata.load_errata(errata_file)
+    slices, left_out = errata.without_errata(read_configured_folder(data_dir, config.data),
+                                             known_errors)
+    logging.info("%s", errata.describe(left_out, known_errors))
+    record = split_record.load_split(workdir)
+    if record is not None and not allow_overlap:
+        shared = split_record.overlap(record, slices)
+        if shared:
+            raise ValueError(f"{data_dir} shares {len(shared)} slices with the run's training "
+                             f"or validation data (by name or content): {shared[:5]}; evaluate "
+                             "on held-out slices, or allow it (--allow_overlap)")
     images, _ = preprocess(slices, config.data)
     predictions = predict_steps(trained, images, sorted(trained.variables), batch_size)
 
     def requested(steps):
         return score(predictions.of(steps, tta)[0], slices.masks, threshold, postprocess)
 
-    result = {"num_images": len(slices),
+    result = {"num_images": len(slices), "left_out": left_out,
+              "left_out_why": errata.describe(left_out, known_errors),
               "final": requested([trained.final_step]),
               "snapshots": [{"step": s, **requested([s])} for s in trained.snapshots],
               "ensemble": requested(members),
@@ -124,7 +152,7 @@ def evaluate_workdir(workdir: epath.PathLike, data_dir: str, threshold: float = 
               "variants": score_variants(predictions, slices.masks, weights_steps, threshold)}
     chosen = ("ensemble", tta, postprocess)
     if select_on_validation:
-        _, val = train_val_slices(config.data)
+        val = validation_slices(config, record)
         val_images, _ = preprocess(val, config.data)
         val_predictions = predict_steps(trained, val_images,
                                         sorted({trained.final_step, *members}), batch_size)
@@ -155,4 +183,6 @@ def format_table(result: dict) -> str:
     if "validation" in result:
         lines.append(f"validation winner ({result['validation']['num_images']} images): "
                      f"{result['validation']['winner']}")
-    return f"{result['num_images']} images\n" + "\n".join(lines)
+    header = (f"{result['num_images']} images, threshold {result['options']['threshold']}; "
+              f"{result['left_out_why']}")
+    return header + "\n" + "\n".join(lines)

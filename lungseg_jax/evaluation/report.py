@@ -166,7 +166,9 @@ def markdown(result: dict, workdir: str, rows: list, csv_name: str, overlays: li
               "images)" if "validation" in result else "requested by the options")
     lines = [f"# Evaluation of `{workdir}` on {result['num_images']} images", "",
              f"Options: `{json.dumps(result['options'])}`. Report variant: **{variant}** "
-             f"({chosen}).", "", "## Weights", ""]
+             f"({chosen}). A pixel is lung where the probability exceeds "
+             f"{result['options']['threshold']}.", "",
+             f"Left out: {result['left_out_why']}.", "", "## Weights", ""]
     lines += metrics_table("weights", [("final", result["final"])]
                            + [(f"snapshot@{s['step']}", s) for s in result["snapshots"]]
                            + [("ensemble", result["ensemble"])])

@@ -165,5 +165,5 @@ class Tracker:
             self.mlflow.log_metrics(evaluation_metrics(evaluation))
             self.mlflow.log_dict(evaluation, "evaluation.json")
         export_dir = epath.Path(self.workdir) / EXPORT_DIR
-        export.export_workdir(self.workdir, export_dir)
+        export.export_workdir(self.workdir, export_dir, overwrite=True)
         mlflow_model.log_model(os.fspath(export_dir))  # mlflow downloads a gs:// directory

@@ -1,0 +1,66 @@
+"""The exact slices a run trained and validated on: ``WORKDIR/split.json``.
+
+Names with a content hash of each slice (image and mask), written when training starts.
+Evaluation validates on exactly these slices and refuses a test folder that shares a
+slice with them, by name or by content, unless told to allow it.
+"""
+
+import hashlib
+import json
+
+import numpy as np
+from etils import epath
+
+from lungseg_jax.core.files import write_atomic
+from lungseg_jax.data.slices import Slices
+
+SPLIT_FILE = "split.json"
+
+
+def slice_digest(image: np.ndarray, mask: np.ndarray) -> str:
+    """sha256 of a slice's pixels (dtype and shape included) and its binary mask."""
+    digest = hashlib.sha256()
+    for array in (np.ascontiguousarray(image), np.ascontiguousarray(mask > 0)):
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def digests(slices: Slices) -> dict:
+    """``{name: slice_digest}`` of ``slices``."""
+    return {n: slice_digest(i, m) for n, i, m in zip(slices.names, slices.images, slices.masks)}
+
+
+def record_split(workdir: epath.PathLike, train: Slices, validation: Slices) -> None:
+    """Writes ``WORKDIR/split.json``: the training and validation slices' names and digests."""
+    record = {"train": digests(train), "validation": digests(validation)}
+    write_atomic(epath.Path(workdir) / SPLIT_FILE, json.dumps(record, indent=1) + "\n")
+
+
+def load_split(workdir: epath.PathLike) -> dict | None:
+    """The recorded split (``{"train": {name: digest}, "validation": {...}}``), or None for
+    a run recorded before splits were."""
+    path = epath.Path(workdir) / SPLIT_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def recorded_subset(slices: Slices, names: dict, where: str) -> Slices:
+    """The slices of ``slices`` named in ``names`` (a ``{name: digest}`` record), checked
+    against their digests; ValueError naming the slices missing or changed in ``where``."""
+    index = {n: i for i, n in enumerate(slices.names)}
+    missing = sorted(set(names) - set(index))
+    if missing:
+        raise ValueError(f"{len(missing)} recorded slices are not in {where}: {missing[:5]}")
+    subset = slices.subset([index[n] for n in names])
+    changed = [n for n, d in digests(subset).items() if d != names[n]]
+    if changed:
+        raise ValueError(f"{len(changed)} slices of {where} differ from those the run recorded "
+                         f"(other pixels under the same name): {changed[:5]}")
+    return subset
+
+
+def overlap(record: dict, slices: Slices) -> list:
+    """Names of ``slices`` that the run trained or validated on, by name or by content."""
+    seen_names = set(record["train"]) | set(record["validation"])
+    seen_digests = set(record["train"].values()) | set(record["validation"].values())
+    return [n for n, d in digests(slices).items() if n in seen_names or d in seen_digests]

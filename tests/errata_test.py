@@ -1,0 +1,70 @@
+"""Dataset errata: the shipped list, a user's own file, and the commands leaving them out."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import NO_REAL_DATA, REAL_DATA, good_pair, write_pair
+from lungseg_jax.data import errata, splits
+from lungseg_jax.data import slices as folders
+
+KNOWN = "ID_0079_Z_0072"
+
+
+def test_the_shipped_list_names_the_mislabeled_slice_and_why():
+    shipped = errata.load_errata()
+    assert list(shipped) == [KNOWN]
+    assert "right lung" in shipped[KNOWN]["problem"]
+    assert "by eye" in shipped[KNOWN]["confirmed"]
+    assert errata.load_errata(None) == {} and errata.load_errata("") == {}
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "cannot read it as JSON"),
+    ('{"slice": "x"}', "expected a JSON list"),
+    ('[{"slice": "x", "problem": "p"}]', "entry 0 lacks confirmed"),
+])
+def test_a_malformed_user_file_is_refused_naming_it(tmp_path, content, message):
+    path = tmp_path / "mine.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=f"errata file {path}: {message}"):
+        errata.load_errata(str(path))
+
+
+def user_errata(tmp_path, names):
+    path = tmp_path / "errata.json"
+    path.write_text(json.dumps([{"slice": n, "problem": "wrong", "confirmed": "by eye"}
+                                for n in names]))
+    return str(path)
+
+
+def test_split_folder_leaves_the_listed_slices_out_of_both_parts(tmp_path):
+    source = tmp_path / "data"
+    for i in range(10):
+        write_pair(str(source), f"s{i}", *good_pair())
+    listed = user_errata(tmp_path, ["s3", "s7", "not_in_the_folder"])
+    counts = splits.split_folder(str(source), str(tmp_path / "split"), 0.25, seed=0,
+                                 errata=listed)
+    assert counts == {"train": 6, "test": 2, "left_out": ["s3", "s7"]}
+    linked = {name for part in ("train", "test")
+              for name in os.listdir(tmp_path / "split" / part / folders.IMAGE_DIR)}
+    assert linked == {f"s{i}.tif" for i in range(10)} - {"s3.tif", "s7.tif"}
+    everything = splits.split_folder(str(source), str(tmp_path / "all"), 0.25, seed=0,
+                                     errata=None)
+    assert everything == {"train": 8, "test": 2, "left_out": []}  # round(2.5) is 2
+
+
+def test_without_errata_keeps_the_order_of_the_rest():
+    slices = folders.Slices(["a", "b", "c"], [np.zeros(1)] * 3, [np.ones(1) * i for i in range(3)])
+    kept, left_out = errata.without_errata(slices, {"b": {}})
+    assert kept.names == ["a", "c"] and left_out == ["b"]
+    np.testing.assert_array_equal(kept.masks[1], [2])
+
+
+@pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=NO_REAL_DATA)
+def test_the_real_folder_holds_the_listed_slice_once():
+    images, _ = folders.paired_tiff_names(REAL_DATA)
+    kept, left_out = errata.leave_out(sorted(images), errata.load_errata())
+    assert left_out == [KNOWN] and len(kept) == len(images) - 1
