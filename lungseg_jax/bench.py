@@ -23,10 +23,10 @@ from lungseg_jax.core import cli, runtime
 from lungseg_jax.model.unet import MODELS
 from lungseg_jax.perf import bench
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "default.py")
+DEFAULT_CONFIG = cli.shipped_config("default")
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Base training config.",
+config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Base training config: a file, "
+                                "or the name of a shipped one.",
                                 lock_config=True)
 flags.DEFINE_enum("model", "incp_unet", sorted(MODELS), "Model to benchmark.")
 flags.DEFINE_integer("image_size", 128, "Square image size.")
@@ -74,5 +74,10 @@ def main(argv):
     print(bench.format_table(results), flush=True)
 
 
-if __name__ == "__main__":
+def run():
+    """The ``lungseg-bench`` console command."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

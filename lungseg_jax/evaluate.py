@@ -50,5 +50,10 @@ def main(argv):
     print(evaluator.format_table(result))
 
 
-if __name__ == "__main__":
+def run():
+    """The ``lungseg-evaluate`` console command."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -31,5 +31,10 @@ def main(argv):
     print(f"exported snapshots {metadata['snapshot_steps']} and their ensemble to {FLAGS.output}")
 
 
-if __name__ == "__main__":
+def run():
+    """The ``lungseg-export`` console command."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -62,5 +62,10 @@ def main(argv):
         sys.exit(1)
 
 
-if __name__ == "__main__":
+def run():
+    """The ``lungseg-predict`` console command."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

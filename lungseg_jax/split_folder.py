@@ -30,5 +30,10 @@ def main(argv):
           f"{counts['test']} slices")
 
 
-if __name__ == "__main__":
+def run():
+    """The ``lungseg-split`` console command."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

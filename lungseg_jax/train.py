@@ -17,6 +17,7 @@ from absl import flags, logging
 from etils import epath
 from ml_collections import config_flags
 
+from lungseg_jax.configs import default as default_config
 from lungseg_jax.core import cli
 from lungseg_jax.core.files import write_atomic
 from lungseg_jax.tracking.tracker import Tracker
@@ -25,7 +26,11 @@ from lungseg_jax.training.loop import train_and_evaluate
 from lungseg_jax.training.preemption import Preempted
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Training config: a file, or the name of a shipped one "
+    f"({', '.join(cli.shipped_config_names())}). Any field can be overridden, e.g. "
+    "--config.num_epochs=3; the default config's fields:\n"
+    + cli.describe_fields(default_config.get_config()), lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the config.")
 flags.DEFINE_string("eval_data_dir", "", "After training, evaluate on this folder (2d_images/, "
                     "2d_masks/): WORKDIR/evaluation.json, and logged when tracking.")
@@ -59,5 +64,10 @@ def evaluate_test_set(workdir: str, data_dir: str) -> dict | None:
     return result
 
 
-if __name__ == "__main__":
+def run():
+    """The ``lungseg-train`` console command."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from conftest import REPO
+from lungseg_jax.core import cli
 from lungseg_jax.core.files import prepare_file_path, write_atomic
 from lungseg_jax.data import slices as folders
 from lungseg_jax.data.phantoms import synthetic_slices
@@ -146,3 +147,58 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path, monkeypatch):
         write_atomic(tmp_path / "o.json", "new")
     assert sorted(os.listdir(tmp_path)) == ["folder", "o.json"]
     assert (tmp_path / "o.json").read_text() == "old"
+
+
+def test_a_shipped_config_is_found_by_name_from_any_folder(tmp_path):
+    shipped = cli.shipped_config("incp_unet_snapshot")
+    assert os.path.isfile(shipped) and shipped.endswith("lungseg_jax/configs/incp_unet_snapshot.py")
+    assert cli.with_config_paths(["prog", "--config", "default", "--config.seed=1"]) == [
+        "prog", "--config", cli.shipped_config("default"), "--config.seed=1"]
+    assert cli.with_config_paths(["prog", "--config=cpu_fast:x"]) == [
+        "prog", f"--config={cli.shipped_config('cpu_fast')}:x"]
+    own = tmp_path / "mine.py"
+    own.write_text("")
+    assert cli.with_config_paths(["prog", f"--config={own}"]) == ["prog", f"--config={own}"]
+    with pytest.raises(ValueError, match=r"--config=nosuch: no such file, and no shipped "
+                                         r"config of that name \(shipped: conv_unet, cpu_fast, "
+                                         r"default, incp_unet, incp_unet_snapshot\)"):
+        cli.with_config_paths(["prog", "--config", "nosuch"])
+
+
+def console_script(name):
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    if not os.path.exists(path):
+        pytest.fail(f"{path} missing: install the package (pip install -e '.[test]')")
+    return path
+
+
+@pytest.mark.parametrize("script, flag", [("lungseg-train", "--workdir"),
+                                          ("lungseg-evaluate", "--data_dir"),
+                                          ("lungseg-export", "--snapshots"),
+                                          ("lungseg-predict", "--overwrite"),
+                                          ("lungseg-split", "--test_fraction"),
+                                          ("lungseg-bench", "--profile_runs")])
+def test_console_commands_help_from_any_folder_and_exit_0(tmp_path, script, flag):
+    run = subprocess.run([console_script(script), "--help"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert flag in run.stdout and "Entry point" in run.stdout
+
+
+def test_train_help_lists_the_config_fields(tmp_path):
+    run = subprocess.run([console_script("lungseg-train"), "--help"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    for field in ("--config.model.name='incp_unet'", "--config.data.image_size=64",
+                  "--config.schedule.num_cycles=2", "incp_unet_snapshot"):
+        assert field in run.stdout, field
+
+
+def test_commands_refuse_in_one_line_outside_the_repository(tmp_path):
+    run = subprocess.run([console_script("lungseg-split"), "--source", str(tmp_path / "none"),
+                          "--output", str(tmp_path / "split")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert error_line(run).startswith("missing folder")
+    run = subprocess.run([console_script("lungseg-train"), "--config", "default",
+                          "--workdir", str(tmp_path / "run"), "--config.batch_size=0"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert error_line(run) == "config.batch_size=0 is invalid: expected a positive integer"

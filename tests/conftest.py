@@ -57,7 +57,7 @@ def deterministic_metrics(workdir):
 @pytest.fixture
 def tiny_config():
     """The default config shrunk so a whole run compiles and trains in seconds."""
-    from configs import default
+    from lungseg_jax.configs import default
 
     config = default.get_config()
     config.model.features = (4, 8)

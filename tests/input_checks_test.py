@@ -201,7 +201,7 @@ def test_a_probability_threshold_lies_strictly_between_0_and_1():
 
 
 def test_tiny_flags_set_what_the_tiny_config_fixture_sets(tiny_config):
-    from configs import default
+    from lungseg_jax.configs import default
     from conftest import TINY_FLAGS
     config = default.get_config()
     for flag in TINY_FLAGS:

@@ -2,6 +2,7 @@
 reports a user's error."""
 
 import functools
+import os
 import sys
 
 from absl import app, flags, logging
@@ -13,6 +14,9 @@ from lungseg_jax.core import distributed, runtime
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
                IsADirectoryError, PermissionError)
 THRESHOLD_RULE = "--threshold must be a probability strictly between 0 and 1"
+SHIPPED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "configs")
+HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
 
 
 def is_probability_threshold(value: float) -> bool:
@@ -48,11 +52,79 @@ def start(argv, *, positional_args: bool = False, cluster: bool = False,
     runtime.setup_logging()
 
 
-def run(main) -> None:
-    """``absl.app.run(main)``, where a ``USER_ERRORS`` error prints one line, ``error:
-    <message>``, on stderr and exits with status 1; other errors keep their traceback, and
-    ``--verbosity=1`` shows it for every error."""
-    app.run(_user_errors_in_one_line(main))
+def run(main, argv=None) -> None:
+    """``absl.app.run(main)`` for a command: ``--config NAME`` may name a shipped config
+    (``shipped_config``); ``--help`` exits 0; a ``USER_ERRORS`` error prints one line,
+    ``error: <message>``, on stderr and exits with status 1; other errors keep their
+    traceback, and ``--verbosity=1`` shows it for every error."""
+    argv = list(sys.argv if argv is None else argv)
+    show_help_of(sys.modules[main.__module__], argv[0])
+    try:
+        argv = with_config_paths(argv)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    try:
+        app.run(_user_errors_in_one_line(main), argv=argv)
+    except SystemExit as stop:
+        if stop.code == 1 and any(arg in HELP_FLAGS for arg in argv[1:]):
+            sys.exit(0)  # absl exits 1 after printing the help asked for
+        raise
+
+
+def show_help_of(module, program: str) -> None:
+    """Makes ``--help`` of a console script (whose ``__main__`` is a generated wrapper)
+    show the command module's docstring and flags, as ``python -m`` does."""
+    main_module = sys.modules["__main__"]
+    if main_module is module:
+        return
+    main_module.__doc__ = main_module.__doc__ or module.__doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(module.__name__):
+        flags.FLAGS.register_key_flag_for_module(program, flag)
+
+
+def shipped_config(name: str) -> str:
+    """The path of the config ``name`` shipped in ``lungseg_jax/configs``."""
+    return os.path.join(SHIPPED_CONFIGS, f"{name}.py")
+
+
+def shipped_config_names() -> list:
+    return sorted(f[:-3] for f in os.listdir(SHIPPED_CONFIGS)
+                  if f.endswith(".py") and not f.startswith("_"))
+
+
+def with_config_paths(argv: list) -> list:
+    """``argv`` with a ``--config`` value that is no file but a shipped config's name
+    (``--config incp_unet_snapshot``) replaced by that config's path, so the commands work
+    from any folder; ValueError naming the value when it is neither."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            out[i + 1] = config_path(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + config_path(arg.split("=", 1)[1])
+    return out
+
+
+def config_path(value: str) -> str:
+    path, colon, rest = value.partition(":")  # ml_collections' "file:argument" form
+    if os.path.exists(path):
+        return value
+    if os.path.exists(shipped_config(path)):
+        return shipped_config(path) + colon + rest
+    raise ValueError(f"--config={value}: no such file, and no shipped config of that name "
+                     f"(shipped: {', '.join(shipped_config_names())})")
+
+
+def describe_fields(config, prefix: str = "") -> str:
+    """One line per field of ``config``: ``--config.FIELD=VALUE`` with its default value."""
+    lines = []
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            lines.append(describe_fields(value, f"{prefix}{key}."))
+        else:
+            lines.append(f"  --config.{prefix}{key}={value!r}")
+    return "\n".join(lines)
 
 
 def _user_errors_in_one_line(main):

@@ -14,7 +14,7 @@ IoU 0.945 final, 0.946 chosen on validation (final + flip TTA + post-processing)
 1.3 min, 0.952 chosen (0.975 without that slice).
 """
 
-from configs import incp_unet
+from lungseg_jax.configs import incp_unet
 
 
 def get_config():

@@ -13,7 +13,7 @@ before the CPU convolution forms (faster now, not re-timed); test pooled IoU 0.9
 mislabeled test slice ``ID_0079_Z_0072``.
 """
 
-from configs import incp_unet_snapshot
+from lungseg_jax.configs import incp_unet_snapshot
 
 
 def get_config():

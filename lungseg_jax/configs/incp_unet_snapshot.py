@@ -17,7 +17,7 @@ test slice whose mask omits a lung (``ID_0079_Z_0072``). At the study's 512x512
 without that slice).
 """
 
-from configs import default
+from lungseg_jax.configs import default
 
 
 def get_config():

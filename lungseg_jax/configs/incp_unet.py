@@ -12,7 +12,7 @@ flip TTA), 0.970 without the mislabeled test slice ``ID_0079_Z_0072``. At 512x51
 NVIDIA H200: 3.4 min, 0.954 chosen (0.976 without that slice). The study reported 0.43.
 """
 
-from configs import incp_unet_snapshot
+from lungseg_jax.configs import incp_unet_snapshot
 
 
 def get_config():
