@@ -17,6 +17,7 @@ from absl import flags
 
 from lungseg_jax.core import cli
 from lungseg_jax.core.files import prepare_file_path, write_atomic
+from lungseg_jax.data import errata
 from lungseg_jax.evaluation import evaluator
 
 FLAGS = flags.FLAGS
@@ -34,6 +35,10 @@ flags.DEFINE_bool("postprocess", False, "Keep the two largest connected componen
                   "'variants' key holds both either way).")
 flags.DEFINE_bool("select_on_validation", True, "Also score every variant on the training "
                   "run's validation split (needs its data, config.data) and report its winner.")
+flags.DEFINE_string("errata", "builtin", "Known label errors to leave out: 'builtin' (the "
+                    "dataset's shipped list), 'none', or a JSON file of your own.")
+flags.DEFINE_bool("allow_overlap", False, "Evaluate even on slices the run trained or "
+                  "validated on (refused by default, by name or content).")
 flags.mark_flags_as_required(["workdir", "data_dir", "output"])
 flags.register_validator("threshold", cli.is_probability_threshold, message=cli.THRESHOLD_RULE)
 
@@ -45,7 +50,8 @@ def main(argv):
         FLAGS.workdir, FLAGS.data_dir, FLAGS.threshold, FLAGS.batch_size,
         ensemble_last=FLAGS.ensemble_last, tta=FLAGS.tta, postprocess=FLAGS.postprocess,
         select_on_validation=FLAGS.select_on_validation,
-        report_prefix=os.path.splitext(FLAGS.output)[0])
+        report_prefix=os.path.splitext(FLAGS.output)[0],
+        errata_file=errata.errata_file(FLAGS.errata), allow_overlap=FLAGS.allow_overlap)
     write_atomic(FLAGS.output, json.dumps(result, indent=2))
     print(evaluator.format_table(result))
 

@@ -11,13 +11,15 @@ SPLIT/train or SPLIT/test is refused (another split's links would mix in): remov
 from absl import flags
 
 from lungseg_jax.core import cli
-from lungseg_jax.data import splits
+from lungseg_jax.data import errata, splits
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("source", None, "Folder with 2d_images/ and 2d_masks/.")
 flags.DEFINE_string("output", None, "Where to make train/ and test/.")
 flags.DEFINE_float("test_fraction", 0.1, "Fraction of the slices held out for test.")
 flags.DEFINE_integer("seed", 0, "Seed of the split.")
+flags.DEFINE_string("errata", "builtin", "Known label errors to leave out of both parts: "
+                    "'builtin' (the dataset's shipped list), 'none', or a JSON file of your own.")
 flags.mark_flags_as_required(["source", "output"])
 flags.register_validator("test_fraction", lambda f: 0 < f < 1,
                          message="--test_fraction must lie strictly between 0 and 1")
@@ -25,9 +27,12 @@ flags.register_validator("test_fraction", lambda f: 0 < f < 1,
 
 def main(argv):
     cli.start(argv)
-    counts = splits.split_folder(FLAGS.source, FLAGS.output, FLAGS.test_fraction, FLAGS.seed)
+    listed = errata.errata_file(FLAGS.errata)
+    counts = splits.split_folder(FLAGS.source, FLAGS.output, FLAGS.test_fraction, FLAGS.seed,
+                                 listed)
+    left_out = errata.describe(counts["left_out"], errata.load_errata(listed))
     print(f"{FLAGS.output}/train: {counts['train']} slices, {FLAGS.output}/test: "
-          f"{counts['test']} slices")
+          f"{counts['test']} slices; {left_out}")
 
 
 def run():

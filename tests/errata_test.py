@@ -68,3 +68,22 @@ def test_the_real_folder_holds_the_listed_slice_once():
     images, _ = folders.paired_tiff_names(REAL_DATA)
     kept, left_out = errata.leave_out(sorted(images), errata.load_errata())
     assert left_out == [KNOWN] and len(kept) == len(images) - 1
+
+
+def test_training_leaves_the_listed_slices_out_and_checks_the_field(tiny_config, tmp_path):
+    from lungseg_jax.data.phantoms import synthetic_slices
+    from lungseg_jax.data.sources import train_val_slices
+    from lungseg_jax.training.config_checks import check_config
+
+    folders.write_folder(str(tmp_path / "data"), synthetic_slices(20, 64, seed=3))
+    tiny_config.data.source, tiny_config.data.path = "folder", str(tmp_path / "data")
+    tiny_config.data.errata = user_errata(tmp_path, ["phantom_0004"])
+    train, validation = train_val_slices(tiny_config.data)
+    names = train.names + validation.names
+    assert len(names) == 19 and "phantom_0004" not in names
+    tiny_config.data.errata = "none"
+    train, validation = train_val_slices(tiny_config.data)
+    assert len(train) + len(validation) == 20
+    tiny_config.data.errata = str(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match="config.data.errata=.*missing.json.* is invalid"):
+        check_config(tiny_config)

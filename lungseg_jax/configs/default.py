@@ -46,6 +46,8 @@ def get_config():
     config.data.hu_max = 150.0
     # Refuse images that do not look like Hounsfield units (8-bit, or one grey in the window).
     config.data.sanity_checks = True
+    # Known label errors left out: 'builtin' (the dataset's shipped list), 'none', or a file.
+    config.data.errata = "builtin"
     # Fraction of the source held out for per-epoch validation, and the split's seed.
     config.data.val_fraction = 0.1
     config.data.split_seed = 0

@@ -16,6 +16,12 @@ BUILTIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "errata.json"
 REQUIRED_FIELDS = ("slice", "problem", "confirmed")
 
 
+def errata_file(spec: str) -> str | None:
+    """The errata file a flag or config value names: ``"builtin"`` the shipped list,
+    ``"none"`` (or empty) no list, anything else a path."""
+    return {"builtin": BUILTIN, "none": None, "": None}.get(spec, spec)
+
+
 def load_errata(path: str | None = BUILTIN) -> dict:
     """``{slice name: entry}`` of an errata file (``BUILTIN`` by default; None or "": none).
 

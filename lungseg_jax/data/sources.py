@@ -1,6 +1,8 @@
 """The configured data source (``config.data``), loaded and split for training."""
 
-from lungseg_jax.data import phantoms
+from absl import logging
+
+from lungseg_jax.data import errata, phantoms
 from lungseg_jax.data.preprocess import preprocess
 from lungseg_jax.data.slices import Slices, read_folder
 from lungseg_jax.data.splits import split_indices
@@ -28,9 +30,12 @@ def read_configured_folder(path: str, data_config) -> Slices:
 
 
 def train_val_slices(data_config) -> tuple[Slices, Slices]:
-    """The source's (training, validation) slices, split by ``config.data.val_fraction``
-    and ``split_seed``: the same split every time."""
-    slices = load_slices(data_config)
+    """The source's (training, validation) slices, without the known label errors of
+    ``config.data.errata`` (a run recorded before that field existed: none), split by
+    ``config.data.val_fraction`` and ``split_seed``: the same split every time."""
+    known = errata.load_errata(errata.errata_file(data_config.get("errata", "none")))
+    slices, left_out = errata.without_errata(load_slices(data_config), known)
+    logging.info("Training data: %s", errata.describe(left_out, known))
     train_idx, val_idx = split_indices(len(slices), data_config.val_fraction,
                                        data_config.split_seed)
     if len(train_idx) == 0 or len(val_idx) == 0:

@@ -6,6 +6,7 @@ Unknown keys are caught earlier: the entry points lock the config, so an overrid
 
 import functools
 import math
+import os
 
 from lungseg_jax.model.unet import MODELS, OP_SETS
 from lungseg_jax.training import schedules
@@ -32,6 +33,9 @@ def check_config(config) -> None:
         _fail("model.dtype", config.model.dtype, f"expected one of {DTYPES}")
     if config.data.source not in DATA_SOURCES:
         _fail("data.source", config.data.source, f"expected one of {DATA_SOURCES}")
+    errata = config.data.get("errata", "none")
+    if errata not in ("builtin", "none", "") and not os.path.isfile(errata):
+        _fail("data.errata", errata, "expected 'builtin', 'none' or an errata JSON file")
     if config.data.source in ("folder", "tfds") and not config.data.path:
         _fail("data.path", config.data.path, f"data.source={config.data.source!r} needs a path")
     divisor = 2 ** len(features)
