@@ -1,13 +1,16 @@
 """Preemption and divergence of real ``python -m lungseg_jax.train`` runs.
 
 SIGKILL at random points then restarts, and SIGTERM then a restart, must finish
-bit-identical to an uninterrupted run; a diverging run must stop naming the step
-and leave the last finite checkpoint as the latest.
+bit-identical to an uninterrupted run (a killed run's lock taken over, a terminated one's
+released); a diverging run must stop naming the step and leave the last finite checkpoint
+as the latest.
 """
 
+import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -107,11 +110,14 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(reference_dir, tm
         assert status == -signal.SIGKILL, f"seed {seed}: {output[-2000:]}"
         if progress:  # the run resumed from the newest checkpoint: no finished step lost
             assert f"Resumed from the checkpoint at step {progress}." in output, f"seed {seed}"
+            assert "Taking over the stale lock" in output, f"seed {seed}"
+        assert os.path.exists(workdir / "lock")  # a killed trainer cannot release it
         progress = max(saved_steps(workdir))
         assert progress >= seen, f"seed {seed}: checkpoint {seen} lost after SIGKILL"
     status, output = run(workdir)
     assert status == 0, f"seed {seed}: {output[-3000:]}"
     assert f"Resumed from the checkpoint at step {progress}." in output
+    assert "Taking over the stale lock" in output and not os.path.exists(workdir / "lock")
     assert_bit_identical(workdir, reference_dir)
 
 
@@ -122,6 +128,7 @@ def test_sigterm_saves_exits_143_and_resumes_bit_identically(reference_dir, tmp_
     stopped = max(saved_steps(workdir))
     assert seen <= stopped < TOTAL_STEPS
     assert f"stopped at step {stopped} on SIGTERM" in output
+    assert not os.path.exists(workdir / "lock")  # released on the way out
     status, output = run(workdir)
     assert status == 0, output[-3000:]
     assert f"Resumed from the checkpoint at step {stopped}." in output
@@ -141,3 +148,22 @@ def test_diverging_run_stops_naming_the_step_and_keeps_the_last_finite_checkpoin
     assert restored.final_step == bad_step - 1
     for leaf in jax.tree.leaves(jax.device_get(restored.variables[bad_step - 1])):
         assert np.all(np.isfinite(leaf))
+
+
+def test_second_trainer_on_a_held_workdir_exits_at_once_naming_the_holder(tmp_path):
+    workdir = tmp_path / "held"
+    workdir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        (workdir / "lock").write_text(json.dumps(
+            {"pid": holder.pid, "host": socket.gethostname(), "since": "2001-02-03T04:05:06"}))
+        status, output = run(workdir)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert status == 1, output[-3000:]
+    assert output.rstrip().splitlines()[-1].endswith(
+        f"{workdir} is in use by another trainer (pid {holder.pid} on {socket.gethostname()} "
+        f"since 2001-02-03T04:05:06); if that process is gone, delete {workdir / 'lock'} and "
+        "re-run")
+    assert os.listdir(workdir) == ["lock"]

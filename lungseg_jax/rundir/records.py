@@ -5,6 +5,7 @@ import json
 import os
 
 import ml_collections
+from absl import logging
 from etils import epath
 
 from lungseg_jax.core.files import is_local, write_atomic
@@ -34,6 +35,7 @@ def without_resumable(tree: dict) -> dict:
 def prepare_workdir(workdir: epath.PathLike, config, write: bool) -> None:
     """Refuses a workdir of a different run (every process checks, so none waits on a
     refused chief); with ``write``, creates the workdir and records the config."""
+    require_folder(workdir)
     path = epath.Path(workdir) / "config.json"
     new = config_to_dict(config)
     if path.exists():
@@ -46,6 +48,13 @@ def prepare_workdir(workdir: epath.PathLike, config, write: bool) -> None:
     if write:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(new, indent=2, sort_keys=True) + "\n")
+
+
+def require_folder(workdir: epath.PathLike) -> None:
+    """Refuses a workdir path that is an existing file, in one line (not mkdir's errno 17)."""
+    path = epath.Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"--workdir {workdir} is a file, not a folder")
 
 
 def diff_configs(old: dict, new: dict, prefix: str = "") -> str:
@@ -69,15 +78,48 @@ def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def truncate_metrics(path: epath.PathLike, last_step: int) -> None:
-    """Drops records past ``last_step`` (written after the checkpoint a resume starts from)."""
+def truncate_metrics(path: epath.PathLike, last_step: int, first_step: int = 1) -> None:
+    """Keeps the records up to ``last_step`` (the checkpoint a resume starts from), one per
+    step in step order, so a resumed run neither repeats nor reorders them. A missing file
+    is a warning unless ``last_step`` is before ``first_step``, the step of a run's first
+    record."""
     path = epath.Path(path)
     if not path.exists():
+        if last_step >= first_step:
+            logging.warning("%s is missing: the metrics history before step %d is gone; the "
+                            "run resumes from its checkpoint and records from there.", path,
+                            last_step)
         return
-    lines = [line for line in path.read_text().splitlines(keepends=True) if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= last_step]
-    if len(kept) < len(lines):
-        write_atomic(path, "".join(kept))
+    text = path.read_text()
+    kept = "".join(json.dumps(record) + "\n"
+                   for step, record in parse_metrics(path, text).items() if step <= last_step)
+    if kept != text:
+        write_atomic(path, kept)
+
+
+def parse_metrics(path: epath.PathLike, text: str) -> dict:
+    """The records of ``text`` (the file ``path``) by step, in step order; a step recorded
+    twice keeps its last record. A torn last line (a crash mid-write) is dropped with a
+    warning; any other line that is not a record is an error naming the file and line."""
+    lines = text.splitlines()
+    last = max((n for n, line in enumerate(lines, 1) if line.strip()), default=0)
+    by_step = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number < last:
+                raise ValueError(f"{path} line {number} is not JSON ({error})") from None
+            logging.warning("%s line %d is cut short (a crash mid-write?); left out.", path,
+                            number)
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise ValueError(f"{path} line {number} is not a metrics record (no integer "
+                             f"'step'): {line[:80]}")
+        by_step[record["step"]] = record
+    return dict(sorted(by_step.items()))
 
 
 def append_metrics(path: epath.PathLike, record: dict) -> None:
@@ -95,8 +137,9 @@ def append_metrics(path: epath.PathLike, record: dict) -> None:
 
 
 def read_metrics(workdir: epath.PathLike) -> list:
-    """Per-epoch records of ``WORKDIR/metrics.jsonl`` ([] when the file is missing)."""
+    """Per-epoch records of ``WORKDIR/metrics.jsonl`` in step order ([] when the file is
+    missing; a torn last line skipped, see ``parse_metrics``)."""
     path = epath.Path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return list(parse_metrics(path, path.read_text()).values())

@@ -22,7 +22,7 @@ from etils import epath
 from lungseg_jax.core import progress
 from lungseg_jax.data.sources import load_train_val
 from lungseg_jax.model.unet import create_model
-from lungseg_jax.rundir import checkpoints, records
+from lungseg_jax.rundir import checkpoints, lock, records
 from lungseg_jax.training import schedules
 from lungseg_jax.training.config_checks import check_config, check_mesh
 from lungseg_jax.training.mesh import create_mesh, put_replicated
@@ -73,15 +73,16 @@ def plan_run(config) -> Plan:
 
 
 def restore_or_create_state(config, workdir, plan: Plan, mesh, manager, tx, is_chief: bool):
-    """The latest checkpoint's state (the metrics past it dropped), or a fresh one."""
+    """The newest intact checkpoint's state (the metrics past it dropped), or a fresh one."""
     model = create_model(config.model)
-    latest = manager.latest_step()
-    if latest is None:
+    if manager.latest_step() is None:
         return create_train_state(config, model, tx, mesh)
-    state = checkpoints.restore(manager, latest, abstract_train_state(config, model, tx, mesh))
-    logging.info("Resumed from the checkpoint at step %d.", latest)
+    step, state = checkpoints.restore_latest_intact(
+        manager, abstract_train_state(config, model, tx, mesh))
+    logging.info("Resumed from the checkpoint at step %d.", step)
     if is_chief:
-        records.truncate_metrics(epath.Path(workdir) / "metrics.jsonl", latest)
+        records.truncate_metrics(epath.Path(workdir) / "metrics.jsonl", step,
+                                 first_step=plan.steps_per_epoch)
     return state
 
 
@@ -101,20 +102,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                  len(plan.val_images), config.data.image_size, config.data.image_size,
                  plan.total_steps, config.num_epochs, plan.steps_per_epoch, plan.snapshot_steps,
                  dict(mesh.shape))
+    with lock.hold(workdir, enabled=is_chief):  # one trainer per workdir, the whole run long
+        return train_in_workdir(config, workdir, plan, mesh, is_chief, on_epoch_end)
+
+
+def train_in_workdir(config, workdir, plan: Plan, mesh, is_chief: bool, on_epoch_end):
+    """Checks and records the config, then resumes or starts the run and trains it to the end
+    (``train_and_evaluate`` holds the workdir's lock around it)."""
     records.prepare_workdir(workdir, config, write=is_chief)
     tx, learning_rate_fn = create_optimizer(config, plan.total_steps)
     manager = checkpoints.create_manager(workdir, plan.snapshot_steps,
                                          config.checkpoint.keep_latest)
-    state = restore_or_create_state(config, workdir, plan, mesh, manager, tx, is_chief)
-    if int(state.step) >= plan.total_steps:
-        logging.info("Training already finished (step %d of %d) in %s.", int(state.step),
-                     plan.total_steps, workdir)
-        manager.close()
-        return state
-    try:
+    try:  # also on errors: let a save in flight complete, it is the last good state
+        state = restore_or_create_state(config, workdir, plan, mesh, manager, tx, is_chief)
+        if int(state.step) >= plan.total_steps:
+            logging.info("Training already finished (step %d of %d) in %s.", int(state.step),
+                         plan.total_steps, workdir)
+            return state
         state = run_steps(config, workdir, plan, mesh, manager, state, learning_rate_fn,
                           is_chief, on_epoch_end)
-    finally:  # also on errors: let a save in flight complete, it is the last good state
+    finally:
         manager.wait_until_finished()
         manager.close()
     logging.info("Training finished at step %d; checkpoints in %s.", plan.total_steps,
