@@ -19,15 +19,19 @@ flags.DEFINE_float("threshold", 0.5, "Probability threshold recorded for a lung 
 flags.DEFINE_bool("overwrite", False, "Write into an existing non-empty --output folder "
                   "(its files of the same names are replaced).")
 flags.DEFINE_list("platforms", list(export.PLATFORMS), "Platforms the artifacts are lowered for.")
+flags.DEFINE_string("variant_from", None, "An evaluation JSON (python -m lungseg_jax.evaluate): "
+                    "export the variant it chose on validation (members, TTA, post-processing, "
+                    "threshold) instead of --snapshots and --threshold.")
 flags.mark_flags_as_required(["workdir", "output"])
 flags.register_validator("threshold", cli.is_probability_threshold, message=cli.THRESHOLD_RULE)
 
 
 def main(argv):
     cli.start(argv)
+    variant = export.chosen_in(FLAGS.variant_from) if FLAGS.variant_from else None
     metadata = export.export_workdir(FLAGS.workdir, FLAGS.output, FLAGS.snapshots,
                                      FLAGS.threshold, tuple(FLAGS.platforms),
-                                     overwrite=FLAGS.overwrite)
+                                     overwrite=FLAGS.overwrite, variant=variant)
     print(f"exported snapshots {metadata['snapshot_steps']} and their ensemble to {FLAGS.output}")
 
 

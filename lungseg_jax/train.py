@@ -19,7 +19,8 @@ from ml_collections import config_flags
 
 from lungseg_jax.configs import default as default_config
 from lungseg_jax.core import cli
-from lungseg_jax.core.files import write_atomic
+from lungseg_jax.core.files import is_local, write_atomic
+from lungseg_jax.tracking.tensorboard import TensorBoardWriter
 from lungseg_jax.tracking.tracker import Tracker
 from lungseg_jax.training.config_checks import check_config
 from lungseg_jax.training.loop import train_and_evaluate
@@ -42,9 +43,17 @@ def main(argv):
     cli.start(argv, cluster=True)
     check_config(FLAGS.config)  # a bad value is refused in one line, before the config's log
     logging.info("Config:\n%s", FLAGS.config)
-    with Tracker(FLAGS.config, FLAGS.workdir) as tracker:  # MLflow, if configured
+    board_enabled = jax.process_index() == 0 and is_local(FLAGS.workdir)
+    with Tracker(FLAGS.config, FLAGS.workdir) as tracker, \
+            TensorBoardWriter(FLAGS.workdir, enabled=board_enabled) as board:
+
+        def on_epoch_end(record):
+            tracker.log_epoch(record)
+            board.log_epoch(record)
+
         try:
-            train_and_evaluate(FLAGS.config, FLAGS.workdir, on_epoch_end=tracker.log_epoch)
+            train_and_evaluate(FLAGS.config, FLAGS.workdir, on_epoch_end=on_epoch_end,
+                               on_steps=board.log_steps)
         except Preempted as stop:
             logging.warning("%s", stop)
             sys.exit(Preempted.EXIT_STATUS)

@@ -261,3 +261,62 @@ def test_listed_label_errors_are_left_out_and_named(workdir, test_dir, tmp_path)
     everything = evaluator.evaluate_workdir(workdir, test_dir, select_on_validation=False,
                                             errata_file=None)
     assert everything["num_images"] == 5 and everything["left_out"] == []
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.45])
+def test_predict_reproduces_the_evaluated_variant(workdir, test_dir, tmp_path, threshold):
+    """export --variant_from carries what evaluate chose (members, TTA, post-processing,
+    threshold) and predict applies it: the same masks on the same slices."""
+    import tifffile
+
+    from lungseg_jax.serving import export, exported, predict
+
+    result = evaluator.evaluate_workdir(workdir, test_dir, threshold=threshold, tta=True,
+                                        postprocess=True, select_on_validation=False)
+    chosen = result["chosen"]
+    assert chosen == {"name": "ensemble+tta+pp", "members": [4, 8], "tta": True,
+                      "postprocess": True, "threshold": threshold}
+    evaluation_json = tmp_path / "test.json"
+    evaluation_json.write_text(json.dumps(result))
+    out = str(tmp_path / "export")
+    export.export_workdir(workdir, out, platforms=("cpu",),
+                          variant=export.chosen_in(str(evaluation_json)))
+    model = exported.ExportedModel(out)
+    assert (model.metadata["variant"], model.metadata["snapshot_steps"]) == ("ensemble+tta+pp",
+                                                                             [4, 8])
+
+    trained, slices = restore_trained(workdir), folders.read_folder(test_dir)
+    images, _ = preprocess.preprocess(slices, trained.config.data)
+    probabilities, _ = evaluator.predict_steps(trained, images, [4, 8], 8).of([4, 8], tta=True)
+    evaluated = evaluator.native_predictions(probabilities, slices.masks, threshold, True)
+    raw = evaluator.native_predictions(probabilities, slices.masks, threshold, False)
+    if threshold == 0.5:  # this tiny model's islands: post-processing matters here
+        assert any((r != e).any() for r, e in zip(raw, evaluated))
+    for name, want, p in zip(slices.names, evaluated, probabilities):
+        image_path = f"{test_dir}/{folders.IMAGE_DIR}/{name}.tif"
+        got = predict.predict_file(model, image_path, str(tmp_path / "out"))
+        mask = tifffile.imread(got["mask"]) > 0
+        # The export folds the weights into its program: probabilities agree to a float32
+        # ulp, so only a pixel within that of the threshold may differ.
+        at_threshold = np.abs(preprocess.to_native(p, want.shape) - threshold) < 1e-5
+        assert not ((mask != want) & ~at_threshold).any(), name
+        assert got["variant"] == "ensemble+tta+pp" and got["threshold"] == threshold
+
+
+def test_volume_post_processing_judges_components_in_3d():
+    volume = np.zeros((4, 12, 12), bool)
+    volume[:, 1:5, 1:5] = True  # a lung: 64 voxels through all slices
+    volume[0:2, 7:11, 7:11] = True  # the other: two slices of 16...
+    volume[2:4, 7:11, 8:12] = True  # ...joined to two more, shifted by one column: 64
+    volume[3, 0, 11] = True  # an island of 1 voxel
+    volume[1, 10, 1] = True  # 1 voxel, diagonal (26-connected) to nothing
+    kept = inference.keep_largest_components_3d(volume)
+    expected = volume.copy()
+    expected[3, 0, 11] = expected[1, 10, 1] = False
+    np.testing.assert_array_equal(kept, expected)
+    # Slice by slice, slice 2's shifted part and slice 0's would each be judged alone.
+    two = np.zeros((3, 5, 5), bool)
+    two[0, 0, 0] = two[1, 1, 1] = two[2, 2, 2] = True  # one diagonal chain in 3-D
+    two[0, 4, 4] = True
+    np.testing.assert_array_equal(inference.keep_largest_components_3d(two, keep=1),
+                                  two & ~(np.arange(5)[None, :, None] == 4))

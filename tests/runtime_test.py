@@ -159,3 +159,26 @@ def test_setup_keeps_the_collector_out_of_tracing():
         assert collections_while_tracing() <= 2
     finally:
         gc.set_threshold(*defaults)
+
+
+def test_logs_show_other_libraries_information_only_when_verbose():
+    import logging
+
+    from absl import logging as absl_logging
+
+    def shown(level, path):
+        record = logging.LogRecord("x", level, path, 1, "message", None, None)
+        return runtime._own_info_or_warning(record)
+
+    jax_probe = "/venv/site-packages/jax/_src/xla_bridge.py"
+    ours = "/venv/site-packages/lungseg_jax/training/loop.py"
+    before = absl_logging.get_verbosity()
+    try:
+        absl_logging.set_verbosity(absl_logging.INFO)
+        assert shown(logging.INFO, ours) and shown(logging.WARNING, jax_probe)
+        assert not shown(logging.INFO, jax_probe)
+        assert not shown(logging.INFO, "/venv/site-packages/orbax/checkpoint/manager.py")
+        absl_logging.set_verbosity(absl_logging.DEBUG)  # --verbosity=1
+        assert shown(logging.INFO, jax_probe)
+    finally:
+        absl_logging.set_verbosity(before)

@@ -134,7 +134,7 @@ def test_one_and_two_devices_give_the_same_run(tiny_config, tmp_path):
 
 def test_steps_to_next_stop_ends_calls_where_the_host_has_work():
     def stop(step, checkpoint_every=100, snapshots=()):
-        plan = loop.Plan(*[None] * 4, steps_per_epoch=12, total_steps=50,
+        plan = loop.Plan(*[None] * 6, steps_per_epoch=12, total_steps=50,
                          snapshot_steps=list(snapshots), checkpoint_every=checkpoint_every)
         return plan.steps_to_next_stop(step)
     assert stop(0) == 12 and stop(5) == 7 and stop(12) == 12  # epoch ends

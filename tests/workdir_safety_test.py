@@ -116,7 +116,8 @@ def test_stale_lock_of_a_dead_process_is_taken_over_and_released(tmp_path, caplo
 def test_lock_is_released_on_errors(tiny_config, tmp_path, crash_after_first_checkpoint):
     with pytest.raises(KeyboardInterrupt):
         train_and_evaluate(tiny_config, str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "config.json", "metrics.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "config.json", "metrics.jsonl",
+                                           "split.json"]
 
 
 def test_object_store_workdir_is_not_locked(tmp_path, monkeypatch):

@@ -101,10 +101,17 @@ def setup_jax(cache_dir: str | None = None) -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _not_orbax_info(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+OWN_CODE = f"{os.sep}lungseg_jax{os.sep}"
+
+
+def _own_info_or_warning(record: logging.LogRecord) -> bool:
+    """Whether a log record is shown: warnings and errors always, information only from
+    this package unless ``--verbosity=1`` (or more) asks for everyone's."""
+    return (record.levelno >= logging.WARNING or OWN_CODE in record.pathname
+            or absl_logging.get_verbosity() >= 1)
 
 
 def setup_logging() -> None:
-    """Keeps orbax's per-save INFO chatter out of the training log (its warnings stay)."""
-    absl_logging.get_absl_handler().addFilter(_not_orbax_info)
+    """Keeps other libraries' INFO chatter (JAX's backend probes, orbax's per-save lines)
+    out of a command's log; their warnings stay, and ``--verbosity=1`` brings it all back."""
+    absl_logging.get_absl_handler().addFilter(_own_info_or_warning)

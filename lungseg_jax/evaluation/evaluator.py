@@ -95,6 +95,14 @@ def score_variants(predictions: Predictions, masks: list, weights_steps: dict,
             for weights, tta, postprocess in VARIANTS}
 
 
+def chosen_variant(chosen: tuple, weights_steps: dict, threshold: float) -> dict:
+    """The variant the report shows, as ``export`` records it and ``predict`` applies it:
+    its name, member steps (probabilities averaged), flip TTA, post-processing, threshold."""
+    weights, tta, postprocess = chosen
+    return {"name": variant_name(*chosen), "members": list(weights_steps[weights]), "tta": tta,
+            "postprocess": postprocess, "threshold": threshold}
+
+
 def validation_slices(config, record: dict | None) -> Slices:
     """The run's validation slices: those it recorded (checked against their digests), or
     for a run that recorded none, its split drawn again from ``config.data``."""
@@ -161,6 +169,7 @@ def evaluate_workdir(workdir: epath.PathLike, data_dir: str, threshold: float = 
         result["validation"] = {"num_images": len(val), "variants": val_scores,
                                 "winner": variant_name(*chosen)}
     result["report_variant"] = variant_name(*chosen)
+    result["chosen"] = chosen_variant(chosen, weights_steps, threshold)
     if report_prefix:
         weights, chosen_tta, chosen_pp = chosen
         probs, _ = predictions.of(weights_steps[weights], chosen_tta)

@@ -19,7 +19,7 @@ import math
 import cv2
 import matplotlib
 from etils import epath
-from matplotlib import ticker
+from matplotlib import patches, ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -116,6 +116,11 @@ def write_overlay(path: epath.Path, image, truth, pred, uncertainty, data_config
         if overlay is not None:
             ax.imshow(overlay)
         ax.set_title(title, fontsize=9)
+    axes[1].legend(handles=[patches.Patch(color=(1.0, 0.85, 0.0), label="lung (truth)")],
+                   loc="lower center", fontsize=7, framealpha=0.8)
+    axes[2].legend(handles=[patches.Patch(color=c, label=label) for c, label in (
+        ((0.0, 0.8, 0.0), "correct"), ((1.0, 0.0, 0.0), "false positive"),
+        ((0.0, 0.4, 1.0), "missed"))], loc="lower center", ncol=3, fontsize=7, framealpha=0.8)
     shown = axes[3].imshow(uncertainty, cmap="magma", vmin=0, vmax=0.5)
     axes[3].set_title("uncertainty (snapshot std)", fontsize=9)
     fig.colorbar(shown, ax=axes[3], fraction=0.046)

@@ -17,7 +17,22 @@ def config_to_dict(config) -> dict:
 
 # Config fields that do not change what is trained (``model.ops``: float rounding only):
 # a resume may change them (a workdir written before one of them existed resumes too).
-RESUMABLE_KEYS = ("tracking", "steps_per_call", "model.ops")
+RESUMABLE_KEYS = ("tracking", "steps_per_call", "model.ops", "data.sanity_checks")
+# Fields added after workdirs were first written, with what a run recorded before them did.
+ADDED_FIELDS = {"data.errata": "none"}
+
+
+def with_added_fields(tree: dict) -> dict:
+    """``tree`` (a config as a dict) with each ``ADDED_FIELDS`` field it lacks set to what a
+    run did before the field existed."""
+    tree = copy.deepcopy(tree)
+    for key, value in ADDED_FIELDS.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node.setdefault(leaf, value)
+    return tree
 
 
 def without_resumable(tree: dict) -> dict:
@@ -40,7 +55,7 @@ def prepare_workdir(workdir: epath.PathLike, config, write: bool) -> None:
     new = config_to_dict(config)
     if path.exists():
         old = json.loads(path.read_text())
-        diff = diff_configs(without_resumable(old), without_resumable(new))
+        diff = diff_configs(*(without_resumable(with_added_fields(c)) for c in (old, new)))
         if diff:
             raise ValueError(f"{workdir!r} holds a run with a different config ({diff}); "
                              "re-run with its original config to resume, or use a new --workdir "

@@ -2,7 +2,8 @@
 
 Names with a content hash of each slice (image and mask), written when training starts.
 Evaluation validates on exactly these slices and refuses a test folder that shares a
-slice with them, by name or by content, unless told to allow it.
+slice with them, by name (where names identify slices: not the synthetic phantoms'
+generated ones) or by content, unless told to allow it.
 """
 
 import hashlib
@@ -31,10 +32,32 @@ def digests(slices: Slices) -> dict:
     return {n: slice_digest(i, m) for n, i, m in zip(slices.names, slices.images, slices.masks)}
 
 
-def record_split(workdir: epath.PathLike, train: Slices, validation: Slices) -> None:
-    """Writes ``WORKDIR/split.json``: the training and validation slices' names and digests."""
-    record = {"train": digests(train), "validation": digests(validation)}
+def record_split(workdir: epath.PathLike, train: Slices, validation: Slices,
+                 names_identify: bool = True) -> None:
+    """Writes ``WORKDIR/split.json``: the training and validation slices' names and digests,
+    and whether a name identifies a slice (a dataset's file names do, generated ones not)."""
+    record = {"train": digests(train), "validation": digests(validation),
+              "names_identify": names_identify}
     write_atomic(epath.Path(workdir) / SPLIT_FILE, json.dumps(record, indent=1) + "\n")
+
+
+def check_or_record(workdir: epath.PathLike, train: Slices, validation: Slices,
+                    names_identify: bool = True) -> None:
+    """Records the split of a new run; a resumed one must train on the recorded slices
+    (ValueError naming those that changed: other names or other pixels)."""
+    recorded = load_split(workdir)
+    if recorded is None:
+        record_split(workdir, train, validation, names_identify)
+        return
+    now = {"train": digests(train), "validation": digests(validation)}
+    changed = sorted(name for part in ("train", "validation")
+                     for name in set(recorded[part]) ^ set(now[part])
+                     | {n for n in set(recorded[part]) & set(now[part])
+                        if recorded[part][n] != now[part][n]})
+    if changed:
+        raise ValueError(f"{workdir!r} recorded another data split than config.data gives now "
+                         f"({len(changed)} slices differ: {changed[:5]}); resume with the "
+                         f"data it was started on, or use a new --workdir")
 
 
 def load_split(workdir: epath.PathLike) -> dict | None:
@@ -60,7 +83,9 @@ def recorded_subset(slices: Slices, names: dict, where: str) -> Slices:
 
 
 def overlap(record: dict, slices: Slices) -> list:
-    """Names of ``slices`` that the run trained or validated on, by name or by content."""
-    seen_names = set(record["train"]) | set(record["validation"])
+    """Names of ``slices`` that the run trained or validated on, by content, or by name where
+    the record says names identify slices."""
+    seen_names = (set(record["train"]) | set(record["validation"])
+                  if record.get("names_identify", True) else set())
     seen_digests = set(record["train"].values()) | set(record["validation"].values())
     return [n for n, d in digests(slices).items() if n in seen_names or d in seen_digests]

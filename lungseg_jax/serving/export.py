@@ -80,14 +80,24 @@ def check_output(output: epath.PathLike, overwrite: bool) -> None:
 
 def export_workdir(workdir: epath.PathLike, output: epath.PathLike, snapshots: str = "all",
                    threshold: float = 0.5, platforms=PLATFORMS, *,
-                   overwrite: bool = False) -> dict:
+                   overwrite: bool = False, variant: dict | None = None) -> dict:
     """Exports the chosen snapshots of ``workdir`` to ``output``; returns the metadata.
 
-    Refuses an ``output`` that holds files, before any work, unless ``overwrite``.
+    ``variant`` (an evaluation's ``chosen``: members, TTA, post-processing, threshold)
+    replaces ``snapshots`` and ``threshold``, and ``predict`` applies all of it. Refuses an
+    ``output`` that holds files, before any work, unless ``overwrite``.
     """
     check_output(output, overwrite)
     trained = restore_trained(workdir)
-    steps = choose_snapshots(trained.snapshots, snapshots)
+    if variant is None:
+        steps = choose_snapshots(trained.snapshots, snapshots)
+        variant = {"name": "ensemble", "members": steps, "tta": False, "postprocess": False,
+                   "threshold": threshold}
+    steps = variant["members"]
+    missing = sorted(set(steps) - set(trained.variables))
+    if missing:
+        raise ValueError(f"the variant's member steps {missing} are not checkpoints of "
+                         f"{workdir} (it has {sorted(trained.variables)})")
     config, predict = trained.config, probability_fn(trained.model)
 
     config_bytes = (epath.Path(workdir) / "config.json").read_bytes()
@@ -96,7 +106,19 @@ def export_workdir(workdir: epath.PathLike, output: epath.PathLike, snapshots: s
         output, {s: functools.partial(predict, trained.variables[s]) for s in steps},
         (config.data.image_size, config.data.image_size, config.data.channels),
         {"model": config.model.name, "hu_min": config.data.hu_min, "hu_max": config.data.hu_max,
-         "threshold": threshold, "final_step": trained.final_step, "config_sha256": digest},
+         "threshold": variant["threshold"], "tta": variant["tta"],
+         "postprocess": variant["postprocess"], "variant": variant["name"],
+         "final_step": trained.final_step, "config_sha256": digest},
         platforms)
     (epath.Path(output) / "config.json").write_bytes(config_bytes)
     return metadata
+
+
+def chosen_in(evaluation_json: str) -> dict:
+    """The variant an evaluation JSON chose (its ``chosen``); ValueError naming the file."""
+    try:
+        with open(evaluation_json) as f:
+            return json.load(f)["chosen"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{evaluation_json}: not an evaluation JSON with a chosen variant "
+                         f"(python -m lungseg_jax.evaluate writes one): {e}") from e

@@ -7,6 +7,7 @@ from a batch of model inputs (N, S, S, C) to probabilities (N, S, S).
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 from lungseg_jax.core.batches import in_batches
 from lungseg_jax.data.preprocess import to_native
@@ -26,6 +27,17 @@ def keep_largest_components(mask: np.ndarray, keep: int = 2) -> np.ndarray:
                                                                connectivity=8)
     areas = stats[1:, cv2.CC_STAT_AREA]
     kept = 1 + np.argsort(-areas, kind="stable")[:keep]
+    return np.isin(labels, kept)
+
+
+def keep_largest_components_3d(volume: np.ndarray, keep: int = 2) -> np.ndarray:
+    """``volume`` (bool, slices first) with only its ``keep`` largest 26-connected
+    components: the lungs of a volume, judged in 3-D rather than slice by slice."""
+    labels, count = ndimage.label(volume, structure=np.ones((3, 3, 3)))
+    if count <= keep:
+        return volume.astype(bool)
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
+    kept = 1 + np.argsort(-sizes, kind="stable")[:keep]
     return np.isin(labels, kept)
 
 

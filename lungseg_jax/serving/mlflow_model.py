@@ -31,8 +31,11 @@ class LungSegModel(mlflow.pyfunc.PythonModel):
         meta = self.model.metadata
         windowed = window(slices.reshape(-1, *slices.shape[-2:]), meta["hu_min"],
                                meta["hu_max"])
-        probability, _ = predict.segment(self.model, windowed, show_progress=False)
-        return (probability > meta["threshold"]).astype(np.uint8).reshape(slices.shape)
+        probability, _ = predict.segment(self.model, windowed, show_progress=False,
+                                         tta=meta.get("tta", False))
+        mask = predict.lung_mask(probability, meta["threshold"], meta.get("postprocess", False),
+                                 is_volume=False)
+        return mask.astype(np.uint8).reshape(slices.shape)
 
 
 def log_model(export_dir: str, name: str = "model"):

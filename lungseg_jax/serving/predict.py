@@ -34,6 +34,7 @@ from lungseg_jax.core import files, progress
 from lungseg_jax.data.preprocess import resize_image, to_native, window
 from lungseg_jax.data.slices import as_slice
 from lungseg_jax.serving import exported
+from lungseg_jax.serving.inference import keep_largest_components, keep_largest_components_3d
 
 SLICE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
@@ -227,12 +228,21 @@ def read_scan(path: str, hu_window: tuple, spacing_mm: float | None = None) -> S
     return Scan(window(_slice_2d(image, path), *hu_window)[None], suffix, spacing or given)
 
 
+def with_flip_tta(fn):
+    """``fn`` (model inputs (N, S, S, C) -> maps (..., N, S, S)) averaged with its
+    un-flipped maps of the horizontally flipped inputs, as evaluation's ``+tta``."""
+    return lambda batch, size: (fn(batch, size) + fn(batch[:, :, ::-1], size)[..., ::-1]) / 2
+
+
 def segment(model: exported.ExportedModel, slices: np.ndarray, batch_size: int = 8,
-            uncertainty: bool = False, show_progress: bool | None = None):
+            uncertainty: bool = False, show_progress: bool | None = None, tta: bool = False):
     """(probability, uncertainty or None), each (D, H, W), for windowed slices (D, H, W).
 
-    Slices are resized to the model's input, run in batches, and the maps resized back.
+    Slices are resized to the model's input, run in batches (with flip ``tta``), and the
+    maps resized back.
     """
+    snapshots, ensemble = ((with_flip_tta(model.snapshots), with_flip_tta(model.ensemble))
+                           if tta else (model.snapshots, model.ensemble))
     size, _, channels = model.input_shape
     count, height, width = slices.shape
     bar = progress.Progress(count, 0, 1, enabled=show_progress if count > batch_size else False)
@@ -241,11 +251,11 @@ def segment(model: exported.ExportedModel, slices: np.ndarray, batch_size: int =
         batch = np.stack([resize_image(s, size) for s in slices[start:start + batch_size]])
         batch = np.repeat(batch[..., None], channels, axis=-1)
         if uncertainty:
-            members = model.snapshots(batch, batch_size)
+            members = snapshots(batch, batch_size)
             probability.append(members.mean(axis=0))
             spread.append(members.std(axis=0))
         else:
-            probability.append(model.ensemble(batch, batch_size))
+            probability.append(ensemble(batch, batch_size))
         if bar.due():
             bar.draw(min(start + batch_size, count))
     bar.close()
@@ -254,6 +264,18 @@ def segment(model: exported.ExportedModel, slices: np.ndarray, batch_size: int =
         return np.stack([to_native(m, (height, width)) for m in np.concatenate(maps)])
 
     return native(probability), native(spread) if uncertainty else None
+
+
+def lung_mask(probability: np.ndarray, threshold: float, postprocess: bool,
+              is_volume: bool) -> np.ndarray:
+    """The (D, H, W) mask of a probability map: thresholded, and with ``postprocess`` only
+    the two largest components kept (the lungs): in 3-D for a volume, else per slice."""
+    mask = probability > threshold
+    if not postprocess:
+        return mask
+    if is_volume:
+        return keep_largest_components_3d(mask)
+    return np.stack([keep_largest_components(m) for m in mask])
 
 
 def measure(mask: np.ndarray, spacing_mm: tuple | None, is_volume: bool) -> dict:
@@ -329,12 +351,15 @@ def predict_file(model: exported.ExportedModel, path: str, output: str, batch_si
     scan = read_scan(path, (meta["hu_min"], meta["hu_max"]), spacing_mm)
     outputs = plan_outputs([path], output, uncertainty, overwrite)[path]
     threshold = meta["threshold"] if threshold is None else threshold
-    probability, spread = segment(model, scan.slices, batch_size, uncertainty)
-    mask = probability > threshold
+    probability, spread = segment(model, scan.slices, batch_size, uncertainty,
+                                  tta=meta.get("tta", False))
+    mask = lung_mask(probability, threshold, meta.get("postprocess", False),
+                     is_volume=scan.nifti is not None)
     os.makedirs(output, exist_ok=True)
     result = {"input": os.path.abspath(path), "shape": list(mask.shape[1:] if scan.nifti is None
                                                           else np.shape(scan.nifti.dataobj)),
               "threshold": threshold, "snapshot_steps": meta["snapshot_steps"],
+              "variant": meta.get("variant", "ensemble"),
               **measure(mask, scan.spacing_mm, scan.nifti is not None), "mask": outputs.mask}
     write_like(scan, mask, outputs.mask, "mask")
     if uncertainty:

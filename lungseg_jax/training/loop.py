@@ -20,9 +20,11 @@ from absl import logging
 from etils import epath
 
 from lungseg_jax.core import progress
-from lungseg_jax.data.sources import load_train_val
+from lungseg_jax.data.preprocess import preprocess
+from lungseg_jax.data.slices import Slices
+from lungseg_jax.data.sources import train_val_slices
 from lungseg_jax.model.unet import create_model
-from lungseg_jax.rundir import checkpoints, lock, records
+from lungseg_jax.rundir import checkpoints, lock, records, split_record
 from lungseg_jax.training import schedules
 from lungseg_jax.training.config_checks import check_config, check_mesh
 from lungseg_jax.training.mesh import create_mesh, put_replicated
@@ -30,13 +32,15 @@ from lungseg_jax.training.preemption import Preempted, PreemptionGuard
 from lungseg_jax.training.state import (abstract_train_state, create_optimizer,
                                         create_train_state)
 from lungseg_jax.training.steps import (DeviceData, Measured, check_finite, evaluate_arrays,
-                                        make_eval_step, make_train_steps, steps_in)
+                                        make_eval_step, make_train_steps, per_step, steps_in)
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """A run's data and step counts, fixed before anything is written."""
 
+    train: Slices
+    validation: Slices
     train_images: np.ndarray
     train_masks: np.ndarray
     val_images: np.ndarray
@@ -61,13 +65,16 @@ class Plan:
 
 def plan_run(config) -> Plan:
     """Loads and preprocesses the data, and derives the step counts from it."""
-    train_images, train_masks, val_images, val_masks = load_train_val(config.data)
+    train, validation = train_val_slices(config.data)
+    (train_images, train_masks), (val_images, val_masks) = (
+        preprocess(slices, config.data) for slices in (train, validation))
     steps_per_epoch = len(train_images) // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
                          f"{len(train_images)} training images")
     total_steps = config.num_epochs * steps_per_epoch
-    return Plan(train_images, train_masks, val_images, val_masks, steps_per_epoch, total_steps,
+    return Plan(train, validation, train_images, train_masks, val_images, val_masks,
+                steps_per_epoch, total_steps,
                 schedules.snapshot_steps(total_steps, config.schedule.num_cycles),
                 config.checkpoint.every_steps or steps_per_epoch)
 
@@ -87,10 +94,12 @@ def restore_or_create_state(config, workdir, plan: Plan, mesh, manager, tx, is_c
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None,
-                       on_epoch_end=None):
+                       on_epoch_end=None, on_steps=None):
     """Trains (or resumes) the configured model in ``workdir``; returns the final state.
 
-    ``on_epoch_end(record)``, if given, is called on the chief with each epoch's record.
+    Called on the chief if given: ``on_epoch_end(record)`` with each epoch's record, and
+    ``on_steps(first_step, values)`` with each step's measurements (``{name: array}``, the
+    steps after ``first_step``) at each epoch's end and on preemption.
     """
     check_config(config)
     mesh = create_mesh(devices)
@@ -103,13 +112,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                  plan.total_steps, config.num_epochs, plan.steps_per_epoch, plan.snapshot_steps,
                  dict(mesh.shape))
     with lock.hold(workdir, enabled=is_chief):  # one trainer per workdir, the whole run long
-        return train_in_workdir(config, workdir, plan, mesh, is_chief, on_epoch_end)
+        return train_in_workdir(config, workdir, plan, mesh, is_chief,
+                                (on_epoch_end, on_steps) if is_chief else (None, None))
 
 
-def train_in_workdir(config, workdir, plan: Plan, mesh, is_chief: bool, on_epoch_end):
-    """Checks and records the config, then resumes or starts the run and trains it to the end
-    (``train_and_evaluate`` holds the workdir's lock around it)."""
+def train_in_workdir(config, workdir, plan: Plan, mesh, is_chief: bool, callbacks: tuple):
+    """Checks and records the config and the data split, then resumes or starts the run
+    and trains it to the end (``train_and_evaluate`` holds the workdir's lock around it)."""
     records.prepare_workdir(workdir, config, write=is_chief)
+    if is_chief:
+        split_record.check_or_record(workdir, plan.train, plan.validation,
+                                     names_identify=config.data.source != "synthetic")
     tx, learning_rate_fn = create_optimizer(config, plan.total_steps)
     manager = checkpoints.create_manager(workdir, plan.snapshot_steps,
                                          config.checkpoint.keep_latest)
@@ -120,7 +133,7 @@ def train_in_workdir(config, workdir, plan: Plan, mesh, is_chief: bool, on_epoch
                          plan.total_steps, workdir)
             return state
         state = run_steps(config, workdir, plan, mesh, manager, state, learning_rate_fn,
-                          is_chief, on_epoch_end)
+                          is_chief, callbacks)
     finally:
         manager.wait_until_finished()
         manager.close()
@@ -130,9 +143,10 @@ def train_in_workdir(config, workdir, plan: Plan, mesh, is_chief: bool, on_epoch
 
 
 def run_steps(config, workdir, plan: Plan, mesh, manager, state, learning_rate_fn,
-              is_chief: bool, on_epoch_end):
+              is_chief: bool, callbacks: tuple):
     """The loop proper: calls of the train steps, each epoch's evaluation and record,
-    checkpoints, and a clean stop on preemption."""
+    checkpoints, and a clean stop on preemption (``callbacks``: see ``train_and_evaluate``)."""
+    on_epoch_end, on_steps = callbacks
     train_data = put_replicated(DeviceData(plan.train_images, plan.train_masks), mesh)
     train_steps = make_train_steps(config, mesh, plan.steps_per_epoch, learning_rate_fn)
     eval_step = make_eval_step(config, mesh)
@@ -155,6 +169,8 @@ def run_steps(config, workdir, plan: Plan, mesh, manager, state, learning_rate_f
                 stop = preemption.reached(range(done - num_steps + 1, done + 1))
                 if at_epoch_end or should_save or stop:
                     check_finite(history, first_step=done - steps_in(history))
+                if (at_epoch_end or stop) and on_steps is not None:
+                    on_steps(done - steps_in(history), per_step(history))
                 if at_epoch_end:
                     record = epoch_record(state, history, plan.steps_per_epoch,
                                           epoch_start_time, config)

@@ -163,14 +163,22 @@ def steps_in(history: list) -> int:
     return sum(m.num_steps for m in history)
 
 
+def per_step(history: list) -> dict:
+    """``{name: array}``: each measurement of the ``Measured`` calls of ``history``, one value
+    per step in order, on the host."""
+    calls = jax.device_get(history)
+    return {name: np.concatenate([np.asarray(values[name])[:num_steps]
+                                  for num_steps, values in calls])
+            for name in calls[0].values}
+
+
 def check_finite(history: list, first_step: int) -> None:
     """Raises FloatingPointError naming the first step whose loss or gradient is not finite
     (``history``: ``Measured`` calls in order, the first starting after ``first_step``)."""
-    step = first_step
-    for num_steps, values in jax.device_get(history):
-        for loss, grad_norm in zip(values["loss"][:num_steps], values["grad_norm"][:num_steps]):
-            step += 1
-            if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-                raise FloatingPointError(
-                    f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step}; "
-                    f"the last finite checkpoint is kept as the latest")
+    values = per_step(history)
+    finite = np.isfinite(values["loss"]) & np.isfinite(values["grad_norm"])
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise FloatingPointError(
+            f"non-finite loss ({values['loss'][i]}) or gradient norm ({values['grad_norm'][i]})"
+            f" at step {first_step + i + 1}; the last finite checkpoint is kept as the latest")
