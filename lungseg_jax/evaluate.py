@@ -44,8 +44,8 @@ flags.register_validator("threshold", cli.is_probability_threshold, message=cli.
 
 
 def main(argv):
-    prepare_file_path(FLAGS.output)  # a bad --output fails now, not after the evaluation
     cli.start(argv)
+    prepare_file_path(FLAGS.output)  # a bad --output fails now, not after the evaluation
     result = evaluator.evaluate_workdir(
         FLAGS.workdir, FLAGS.data_dir, FLAGS.threshold, FLAGS.batch_size,
         ensemble_last=FLAGS.ensemble_last, tta=FLAGS.tta, postprocess=FLAGS.postprocess,

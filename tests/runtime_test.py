@@ -170,8 +170,9 @@ def test_logs_show_other_libraries_information_only_when_verbose():
         record = logging.LogRecord("x", level, path, 1, "message", None, None)
         return runtime._own_info_or_warning(record)
 
-    jax_probe = "/venv/site-packages/jax/_src/xla_bridge.py"
-    ours = "/venv/site-packages/lungseg_jax/training/loop.py"
+    # A venv inside a checkout folder named lungseg_jax (launch.sh's) is not the package.
+    jax_probe = "/home/u/lungseg_jax/.venv/lib/site-packages/jax/_src/xla_bridge.py"
+    ours = runtime.OWN_CODE + "training/loop.py"
     before = absl_logging.get_verbosity()
     try:
         absl_logging.set_verbosity(absl_logging.INFO)

@@ -109,5 +109,6 @@ def test_generated_phantom_names_do_not_count_as_overlap(tiny_config, tmp_path):
     tiny_config.data.synthetic.seed += 1  # other pixels under the recorded names
     tiny_config.num_epochs += 1
     with pytest.raises(ValueError, match=r"recorded another data split .*\(20 slices differ"):
-        split_record.check_or_record(workdir, *train_val_slices(tiny_config.data),
-                                     names_identify=False)
+        split_record.check_or_record(
+            workdir, split_record.split_of(*train_val_slices(tiny_config.data)),
+            names_identify=False)

@@ -134,7 +134,7 @@ def test_one_and_two_devices_give_the_same_run(tiny_config, tmp_path):
 
 def test_steps_to_next_stop_ends_calls_where_the_host_has_work():
     def stop(step, checkpoint_every=100, snapshots=()):
-        plan = loop.Plan(*[None] * 6, steps_per_epoch=12, total_steps=50,
+        plan = loop.Plan(*[None] * 5, steps_per_epoch=12, total_steps=50,
                          snapshot_steps=list(snapshots), checkpoint_every=checkpoint_every)
         return plan.steps_to_next_stop(step)
     assert stop(0) == 12 and stop(5) == 7 and stop(12) == 12  # epoch ends
@@ -150,9 +150,9 @@ def test_check_finite_names_the_step_inside_a_call():
                step_fns.Measured(2, {"loss": np.ones(4),
                                     "grad_norm": np.array([1.0, np.inf, 1.0, 1.0])})]
     with pytest.raises(FloatingPointError, match="gradient norm \\(inf\\) at step 15;"):
-        step_fns.check_finite(history, first_step=10)
+        step_fns.check_finite(step_fns.per_step(history), first_step=10)
     # Values past a call's num_steps were never written: not checked.
-    step_fns.check_finite(history[:1], first_step=10)
+    step_fns.check_finite(step_fns.per_step(history[:1]), first_step=10)
 
 
 def test_preemption_on_several_hosts_reports_every_step_of_a_call(monkeypatch):

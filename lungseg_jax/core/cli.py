@@ -12,7 +12,7 @@ from lungseg_jax.core import distributed, runtime
 # What a user's input causes (a bad config value, data file, path or flag value); the
 # messages name the file, field or value, so a traceback would only bury them.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-               IsADirectoryError, PermissionError)
+               IsADirectoryError, PermissionError, FloatingPointError)
 THRESHOLD_RULE = "--threshold must be a probability strictly between 0 and 1"
 SHIPPED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs")

@@ -101,13 +101,13 @@ def setup_jax(cache_dir: str | None = None) -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-OWN_CODE = f"{os.sep}lungseg_jax{os.sep}"
+OWN_CODE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # the package
 
 
 def _own_info_or_warning(record: logging.LogRecord) -> bool:
     """Whether a log record is shown: warnings and errors always, information only from
     this package unless ``--verbosity=1`` (or more) asks for everyone's."""
-    return (record.levelno >= logging.WARNING or OWN_CODE in record.pathname
+    return (record.levelno >= logging.WARNING or record.pathname.startswith(OWN_CODE)
             or absl_logging.get_verbosity() >= 1)
 
 

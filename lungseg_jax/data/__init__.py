@@ -1,3 +1,4 @@
 """Data: slices and their folders (``slices``), the synthetic phantoms (``phantoms``),
 preprocessing (``preprocess``), splits (``splits``), the configured source (``sources``),
-the TFDS builder (``tfds_lungs``) and the in-step augmentation (``augment``)."""
+the dataset's known label errors (``errata``), the TFDS builder (``tfds_lungs``) and the
+in-step augmentation (``augment``)."""

@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lungseg_jax.ops import forms
+from lungseg_jax.ops import SETS, forms
 
 LEAKY_SLOPE = 0.3
 BN_EPSILON = 1e-3
@@ -145,7 +145,7 @@ MODELS = {
     "incp_unet": functools.partial(UNet, block="inception"),
     "conv_unet": functools.partial(UNet, block="conv"),
 }
-OP_SETS = ("fast", "reference")
+OP_SETS = tuple(SETS)
 
 
 def create_model(model_config) -> UNet:

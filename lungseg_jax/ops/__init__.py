@@ -1,8 +1,8 @@
 """The operations the U-Nets are built from, in two sets behind one small API.
 
-``FAST``: forms of their own where XLA's CPU backend is slow (``conv``, ``winograd``,
+'fast': forms of their own where XLA's CPU backend is slow (``conv``, ``winograd``,
 ``pooling``, ``upsampling``, ``batchnorm``; ``policy`` decides per host and backend where
-each pays off). ``REFERENCE``: flax's and lax's plain forms (``reference``), what the fast
+each pays off). 'reference': flax's and lax's plain forms (``reference``), what the fast
 ones are tested against. Both give the same parameters and, within float tolerance, the
 same values and gradients. ``forms(name)`` picks one (``config.model.ops``).
 """

@@ -97,7 +97,7 @@ class BatchNormLeakyReLU(nn.Module):
     def __call__(self, x, use_running_average: bool, input_bias=None):
         """The layer applied to ``x + input_bias`` (per channel; None: no bias), without
         that sum: BatchNorm subtracts the mean, so the bias only moves the mean, the
-        running one included. For a convolution's bias (``models.ConvBNAct``): the
+        running one included. For a convolution's bias (``model.unet.ConvBNAct``): the
         sum would be a pass over the activations of its own, and the bias's gradient
         in training is exactly zero instead of float noise."""
         features = x.shape[-1:]

@@ -169,7 +169,7 @@ max_pool_2x2_same_of_upsampled.defvjp(_pool_of_upsampled_fwd, _pool_of_upsampled
 
 
 def max_pool_2x2_same_of(part):
-    """``max_pool_2x2_same`` of a layer input (``models``: one part of a concatenation),
+    """``max_pool_2x2_same`` of a layer input (``model.unet``: one part of a concatenation),
     an ``upsampling.Upsampled`` one from its small tensor."""
     if isinstance(part, Upsampled):
         return max_pool_2x2_same_of_upsampled(part.low)

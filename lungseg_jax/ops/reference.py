@@ -1,7 +1,7 @@
 """The plain forms of the U-Net's operations: flax's and lax's own, nothing host-specific.
 
 ``config.model.ops = "reference"`` builds the models from these; the fast forms
-(``ops.FAST``) are tested against them. They have the fast forms' constructors and
+(``ops.forms('fast')``) are tested against them. They have the fast forms' constructors and
 parameter names, so either set restores the other's checkpoints.
 """
 

@@ -32,28 +32,26 @@ def digests(slices: Slices) -> dict:
     return {n: slice_digest(i, m) for n, i, m in zip(slices.names, slices.images, slices.masks)}
 
 
-def record_split(workdir: epath.PathLike, train: Slices, validation: Slices,
-                 names_identify: bool = True) -> None:
-    """Writes ``WORKDIR/split.json``: the training and validation slices' names and digests,
-    and whether a name identifies a slice (a dataset's file names do, generated ones not)."""
-    record = {"train": digests(train), "validation": digests(validation),
-              "names_identify": names_identify}
-    write_atomic(epath.Path(workdir) / SPLIT_FILE, json.dumps(record, indent=1) + "\n")
+def split_of(train: Slices, validation: Slices) -> dict:
+    """``{"train": digests, "validation": digests}``: what ``split.json`` records."""
+    return {"train": digests(train), "validation": digests(validation)}
 
 
-def check_or_record(workdir: epath.PathLike, train: Slices, validation: Slices,
-                    names_identify: bool = True) -> None:
-    """Records the split of a new run; a resumed one must train on the recorded slices
-    (ValueError naming those that changed: other names or other pixels)."""
+def check_or_record(workdir: epath.PathLike, split: dict, names_identify: bool = True,
+                    write: bool = True) -> None:
+    """Records a new run's ``split`` (``split_of``; with ``write``: the chief); a resumed
+    run must train on the recorded slices: ValueError naming those that changed (other
+    names or other pixels), on every process, so that none goes on alone."""
     recorded = load_split(workdir)
     if recorded is None:
-        record_split(workdir, train, validation, names_identify)
+        if write:
+            write_atomic(epath.Path(workdir) / SPLIT_FILE,
+                         json.dumps({**split, "names_identify": names_identify}, indent=1)
+                         + "\n")
         return
-    now = {"train": digests(train), "validation": digests(validation)}
     changed = sorted(name for part in ("train", "validation")
-                     for name in set(recorded[part]) ^ set(now[part])
-                     | {n for n in set(recorded[part]) & set(now[part])
-                        if recorded[part][n] != now[part][n]})
+                     for name in recorded[part].keys() | split[part].keys()
+                     if recorded[part].get(name) != split[part].get(name))
     if changed:
         raise ValueError(f"{workdir!r} recorded another data split than config.data gives now "
                          f"({len(changed)} slices differ: {changed[:5]}); resume with the "

@@ -1,8 +1,8 @@
-"""Inference shared by evaluation, export and predict: flip test-time augmentation,
-probabilities back at the slices' own size, thresholding and post-processing.
+"""Inference shared by evaluation and predict: flip test-time augmentation,
+probabilities back at the slices' own size, thresholding and post-processing (2-D and 3-D).
 
-Needs jax, numpy and OpenCV only (no flax, optax or orbax): a model is any function
-from a batch of model inputs (N, S, S, C) to probabilities (N, S, S).
+Needs no flax, optax or orbax: a model is any function from a batch of model inputs
+(N, S, S, C) to probabilities (N, S, S).
 """
 
 import cv2

@@ -44,7 +44,7 @@ def log_model(export_dir: str, name: str = "model"):
     The model class is imported from ``lungseg_jax`` when loaded: serve it where the
     package is installed (``pip install -e ".[mlflow]"``).
     """
-    requirements = [f"jax=={jax.__version__}", "flatbuffers", "numpy", "opencv-python-headless",
+    requirements = [f"jax=={jax.__version__}", "flatbuffers", "numpy", "opencv-python-headless", "scipy",
                     "tifffile", "imagecodecs", f"mlflow-skinny=={mlflow.__version__}", "pandas"]
     return mlflow.pyfunc.log_model(name=name, python_model=LungSegModel(),
                                    artifacts={ARTIFACT: export_dir}, signature=SIGNATURE,

@@ -1,2 +1,2 @@
-"""Experiment tracking: MLflow (``tracker``), above training and serving (it logs the
-exported model)."""
+"""Experiment tracking: MLflow (``tracker``, above training and serving: it logs the
+exported model) and TensorBoard event files (``tensorboard``)."""

@@ -21,7 +21,6 @@ from etils import epath
 
 from lungseg_jax.core import progress
 from lungseg_jax.data.preprocess import preprocess
-from lungseg_jax.data.slices import Slices
 from lungseg_jax.data.sources import train_val_slices
 from lungseg_jax.model.unet import create_model
 from lungseg_jax.rundir import checkpoints, lock, records, split_record
@@ -39,8 +38,7 @@ from lungseg_jax.training.steps import (DeviceData, Measured, check_finite, eval
 class Plan:
     """A run's data and step counts, fixed before anything is written."""
 
-    train: Slices
-    validation: Slices
+    split: dict  # names and digests of the slices (``split_record.split_of``)
     train_images: np.ndarray
     train_masks: np.ndarray
     val_images: np.ndarray
@@ -73,7 +71,8 @@ def plan_run(config) -> Plan:
         raise ValueError(f"config.batch_size={config.batch_size} exceeds the "
                          f"{len(train_images)} training images")
     total_steps = config.num_epochs * steps_per_epoch
-    return Plan(train, validation, train_images, train_masks, val_images, val_masks,
+    return Plan(split_record.split_of(train, validation), train_images, train_masks,
+                val_images, val_masks,
                 steps_per_epoch, total_steps,
                 schedules.snapshot_steps(total_steps, config.schedule.num_cycles),
                 config.checkpoint.every_steps or steps_per_epoch)
@@ -120,9 +119,8 @@ def train_in_workdir(config, workdir, plan: Plan, mesh, is_chief: bool, callback
     """Checks and records the config and the data split, then resumes or starts the run
     and trains it to the end (``train_and_evaluate`` holds the workdir's lock around it)."""
     records.prepare_workdir(workdir, config, write=is_chief)
-    if is_chief:
-        split_record.check_or_record(workdir, plan.train, plan.validation,
-                                     names_identify=config.data.source != "synthetic")
+    split_record.check_or_record(workdir, plan.split, write=is_chief,
+                                 names_identify=config.data.source != "synthetic")
     tx, learning_rate_fn = create_optimizer(config, plan.total_steps)
     manager = checkpoints.create_manager(workdir, plan.snapshot_steps,
                                          config.checkpoint.keep_latest)
@@ -168,9 +166,10 @@ def run_steps(config, workdir, plan: Plan, mesh, manager, state, learning_rate_f
                 should_save = plan.is_save_step(done)
                 stop = preemption.reached(range(done - num_steps + 1, done + 1))
                 if at_epoch_end or should_save or stop:
-                    check_finite(history, first_step=done - steps_in(history))
-                if (at_epoch_end or stop) and on_steps is not None:
-                    on_steps(done - steps_in(history), per_step(history))
+                    first, values = done - steps_in(history), per_step(history)
+                    check_finite(values, first)
+                    if (at_epoch_end or stop) and on_steps is not None:
+                        on_steps(first, values)
                 if at_epoch_end:
                     record = epoch_record(state, history, plan.steps_per_epoch,
                                           epoch_start_time, config)

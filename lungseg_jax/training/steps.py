@@ -172,10 +172,9 @@ def per_step(history: list) -> dict:
             for name in calls[0].values}
 
 
-def check_finite(history: list, first_step: int) -> None:
+def check_finite(values: dict, first_step: int) -> None:
     """Raises FloatingPointError naming the first step whose loss or gradient is not finite
-    (``history``: ``Measured`` calls in order, the first starting after ``first_step``)."""
-    values = per_step(history)
+    (``values``: ``per_step`` measurements, the first of the step after ``first_step``)."""
     finite = np.isfinite(values["loss"]) & np.isfinite(values["grad_norm"])
     if not finite.all():
         i = int(np.argmin(finite))
