@@ -173,7 +173,8 @@ def test_logs_show_other_libraries_information_only_when_verbose():
     # A venv inside a checkout folder named lungseg_jax (launch.sh's) is not the package.
     jax_probe = "/home/u/lungseg_jax/.venv/lib/site-packages/jax/_src/xla_bridge.py"
     ours = runtime.OWN_CODE + "training/loop.py"
-    before = absl_logging.get_verbosity()
+    absl_logger = absl_logging.get_absl_logger()
+    before = absl_logger.level  # NOTSET as a rule: restored as it was, not as WARNING
     try:
         absl_logging.set_verbosity(absl_logging.INFO)
         assert shown(logging.INFO, ours) and shown(logging.WARNING, jax_probe)
@@ -182,4 +183,4 @@ def test_logs_show_other_libraries_information_only_when_verbose():
         absl_logging.set_verbosity(absl_logging.DEBUG)  # --verbosity=1
         assert shown(logging.INFO, jax_probe)
     finally:
-        absl_logging.set_verbosity(before)
+        absl_logger.setLevel(before)
