@@ -8,6 +8,9 @@ from lungseg_jax.data.slices import Slices, read_folder
 from lungseg_jax.data.splits import split_indices
 
 
+SOURCES = ("synthetic", "folder", "tfds")
+
+
 def load_slices(data_config) -> Slices:
     """All slices of the configured source (``synthetic``, ``folder`` or ``tfds``)."""
     if data_config.source == "synthetic":
@@ -19,7 +22,7 @@ def load_slices(data_config) -> Slices:
         from lungseg_jax.data import tfds_lungs  # optional dependency
         return tfds_lungs.load_slices(data_config.path, data_config.tfds_data_dir)
     raise ValueError(f"unknown config.data.source {data_config.source!r}; "
-                     "expected 'synthetic', 'folder' or 'tfds'")
+                     f"expected one of {SOURCES}")
 
 
 def read_configured_folder(path: str, data_config) -> Slices:

@@ -136,7 +136,8 @@ def evaluate_workdir(workdir: epath.PathLike, data_dir: str, threshold: float = 
     known_errors = errata.load_errata(errata_file)
     slices, left_out = errata.without_errata(read_configured_folder(data_dir, config.data),
                                              known_errors)
-    logging.info("%s", errata.describe(left_out, known_errors))
+    left_out_why = errata.describe(left_out, known_errors)
+    logging.info("%s", left_out_why)
     record = split_record.load_split(workdir)
     if record is not None and not allow_overlap:
         shared = split_record.overlap(record, slices)
@@ -151,7 +152,7 @@ def evaluate_workdir(workdir: epath.PathLike, data_dir: str, threshold: float = 
         return score(predictions.of(steps, tta)[0], slices.masks, threshold, postprocess)
 
     result = {"num_images": len(slices), "left_out": left_out,
-              "left_out_why": errata.describe(left_out, known_errors),
+              "left_out_why": left_out_why,
               "final": requested([trained.final_step]),
               "snapshots": [{"step": s, **requested([s])} for s in trained.snapshots],
               "ensemble": requested(members),

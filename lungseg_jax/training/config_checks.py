@@ -8,11 +8,11 @@ import functools
 import math
 import os
 
+from lungseg_jax.data.sources import SOURCES
 from lungseg_jax.model.unet import MODELS, OP_SETS
 from lungseg_jax.training import schedules
 from lungseg_jax.training.losses import LOSSES
 
-DATA_SOURCES = ("synthetic", "folder", "tfds")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -31,8 +31,8 @@ def check_config(config) -> None:
         _fail("model.features", features, "expected positive channel counts")
     if config.model.dtype not in DTYPES:
         _fail("model.dtype", config.model.dtype, f"expected one of {DTYPES}")
-    if config.data.source not in DATA_SOURCES:
-        _fail("data.source", config.data.source, f"expected one of {DATA_SOURCES}")
+    if config.data.source not in SOURCES:
+        _fail("data.source", config.data.source, f"expected one of {SOURCES}")
     errata = config.data.get("errata", "none")
     if errata not in ("builtin", "none", "") and not os.path.isfile(errata):
         _fail("data.errata", errata, "expected 'builtin', 'none' or an errata JSON file")
