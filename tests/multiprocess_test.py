@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, TINY_FLAGS, deterministic_metrics
 from lungseg_jax.core import distributed
-from lungseg_jax.data import sources
+from lungseg_jax.data import preprocess, sources
 from lungseg_jax.rundir import checkpoints
 from lungseg_jax.rundir.trained import restore_trained
 
@@ -72,7 +72,8 @@ def run_processes(commands, env, log_prefix):
 def final_predictions(workdir):
     """Probabilities of the final weights on the run's own validation images."""
     restored = restore_trained(workdir)
-    _, _, val_images, _ = sources.load_train_val(restored.config.data)
+    _, validation = sources.train_val_slices(restored.config.data)
+    val_images, _ = preprocess.preprocess(validation, restored.config.data)
     logits = restored.model.apply(restored.variables[restored.final_step], val_images,
                                   train=False)
     return restored.final_step, 1.0 / (1.0 + np.exp(-np.asarray(logits)))

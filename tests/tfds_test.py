@@ -10,7 +10,7 @@ pytest.importorskip("tensorflow_datasets", reason="the 'tfds' extra is not insta
 
 from conftest import NO_REAL_DATA, REAL_DATA  # noqa: E402
 from lungseg_jax.data import slices as folders  # noqa: E402
-from lungseg_jax.data import sources, tfds_lungs  # noqa: E402
+from lungseg_jax.data import preprocess, sources, tfds_lungs  # noqa: E402
 from lungseg_jax.data.phantoms import synthetic_slices  # noqa: E402
 from lungseg_jax.training.loop import train_and_evaluate  # noqa: E402
 
@@ -51,15 +51,21 @@ def test_build_of_another_folder_is_refused(folder, tmp_path):
         tfds_lungs.load_slices(other, str(tmp_path))
 
 
+def preprocessed_split(data_config) -> list:
+    """What training sees: train images and masks, then validation images and masks."""
+    return [a for part in sources.train_val_slices(data_config)
+            for a in preprocess.preprocess(part, data_config)]
+
+
 def test_training_from_tfds_matches_the_folder_source(folder, tmp_path, tiny_config):
     tiny_config.data.source = "tfds"
     tiny_config.data.path = folder
     tiny_config.data.tfds_data_dir = str(tmp_path / "tfds")
     tiny_config.num_epochs = 1
-    from_tfds = sources.load_train_val(tiny_config.data)
+    from_tfds = preprocessed_split(tiny_config.data)
     folder_config = tiny_config.data.copy_and_resolve_references()
     folder_config.source = "folder"
-    for a, b in zip(from_tfds, sources.load_train_val(folder_config)):
+    for a, b in zip(from_tfds, preprocessed_split(folder_config), strict=True):
         np.testing.assert_array_equal(a, b)
     state = train_and_evaluate(tiny_config, str(tmp_path / "run"))
     assert int(state.step) == 4  # 16 training slices, batch 4, 1 epoch

@@ -3,7 +3,6 @@
 from absl import logging
 
 from lungseg_jax.data import errata, phantoms
-from lungseg_jax.data.preprocess import preprocess
 from lungseg_jax.data.slices import Slices, read_folder
 from lungseg_jax.data.splits import split_indices
 
@@ -46,8 +45,3 @@ def train_val_slices(data_config) -> tuple[Slices, Slices]:
                          f"{data_config.val_fraction} leave an empty train or validation set")
     return slices.subset(train_idx), slices.subset(val_idx)
 
-
-def load_train_val(data_config):
-    """(train_images, train_masks, val_images, val_masks) preprocessed, as numpy."""
-    train, val = train_val_slices(data_config)
-    return (*preprocess(train, data_config), *preprocess(val, data_config))
