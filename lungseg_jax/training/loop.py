@@ -160,7 +160,7 @@ def run_steps(config, workdir, plan: Plan, mesh, manager, state, learning_rate_f
                 state, measurements = train_steps(state, train_data, np.int32(num_steps))
                 history.append(Measured(num_steps, measurements))
                 done += num_steps
-                if bar.due():
+                if bar.due(done):
                     bar.draw(done, history[-1].last("loss"))
                 at_epoch_end = done % plan.steps_per_epoch == 0
                 should_save = plan.is_save_step(done)
