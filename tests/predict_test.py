@@ -189,16 +189,15 @@ def test_an_empty_slice_is_reported_and_the_inputs_after_it_processed(model_dir,
 
 
 @needs_nibabel
-def test_a_volume_with_a_non_finite_voxel_is_refused_naming_slice_and_voxel(tmp_path):
-    hu = np.full((16, 14, 5), 40.0, np.float32)  # (x, y, z): (column, row, slice)
+def test_a_volume_with_a_non_finite_voxel_is_refused_naming_its_index_in_the_file(tmp_path):
+    hu = np.full((16, 14, 5), 40.0, np.float32)
     hu[12, 10, 3] = np.nan
-    hu[2, 1, 4] = np.inf  # a later slice: the first bad voxel in slice order is named
+    hu[2, 1, 4] = np.inf  # first in the file's array order: the one named
     path = tmp_path / "scan.nii.gz"
-    nibabel.save(nibabel.Nifti1Image(hu, np.eye(4)), path)
+    nibabel.save(nibabel.Nifti1Image(hu, np.diag([0.7, 0.7, 2.0, 1.0])), path)
     with pytest.raises(predict.InputError) as error:
         predict.read_scan(str(path), HU_WINDOW)
-    assert str(error.value) == (f"{path}: non-finite voxel value nan at (slice, row, column) "
-                                "(3, 10, 12)")
+    assert str(error.value) == f"{path}: non-finite voxel value inf at array index (2, 1, 4)"
 
 
 def test_inputs_sharing_an_output_name_are_refused_before_any_work(model_dir, tmp_path):

@@ -1,6 +1,7 @@
 """Paths that may be local or an object-store URI (``gs://``), and atomic writes to them."""
 
 import contextlib
+import errno
 import os
 
 from etils import epath
@@ -45,3 +46,35 @@ def prepare_file_path(path: epath.PathLike) -> None:
         raise IsADirectoryError(f"{path} is a folder; expected a file path such as "
                                 f"{path / 'result.json'}")
     path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def write_file_atomic(path: str, write, *, replace: bool = True, suffix: str = "") -> None:
+    """``write(tmp)`` writes a temporary file beside the local ``path``, which is synced and
+    renamed onto ``path`` in one step: a crash leaves ``path`` as it was, never half-written.
+    ``suffix`` ends the temporary name (for writers that pick the format by the name, such as
+    ``.nii.gz``). With ``replace=False`` an existing ``path`` (even one made while ``write``
+    ran) is kept and FileExistsError raised: the file is linked into place, which fails if
+    the name exists, or where the file system has no links checked just before renaming."""
+    folder, base = os.path.split(os.fspath(path))
+    tmp = os.path.join(folder, f".{base}.{os.getpid()}.tmp{suffix}")
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links on this file system (FAT, some network mounts)
+            if os.path.lexists(path):
+                raise FileExistsError(errno.EEXIST, "file exists", os.fspath(path)) from None
+            os.replace(tmp, path)
+    finally:  # also after a link: the temporary name goes either way
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
