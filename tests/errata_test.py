@@ -5,19 +5,26 @@ import os
 
 import numpy as np
 import pytest
+import tifffile
 
 from conftest import NO_REAL_DATA, REAL_DATA, good_pair, write_pair
 from lungseg_jax.data import errata, splits
 from lungseg_jax.data import slices as folders
 
 KNOWN = "ID_0079_Z_0072"
+# Masks that label the air around the patient as lung: (pixels, pixels outside the body).
+AIR_LABELLED = {"ID_0052_Z_0108": (94390, 41552), "ID_0134_Z_0137": (97706, 41096),
+                "ID_0254_Z_0075": (150273, 97524)}
 
 
-def test_the_shipped_list_names_the_mislabeled_slice_and_why():
+def test_the_shipped_list_names_the_mislabeled_slices_and_why():
     shipped = errata.load_errata()
-    assert list(shipped) == [KNOWN]
+    assert sorted(shipped) == sorted([KNOWN, *AIR_LABELLED])
     assert "right lung" in shipped[KNOWN]["problem"]
-    assert "by eye" in shipped[KNOWN]["confirmed"]
+    for name, (total, outside) in AIR_LABELLED.items():
+        assert f"{outside:,} of its {total:,} pixels lie outside the body" in \
+            shipped[name]["problem"]
+    assert all("by eye" in entry["confirmed"] for entry in shipped.values())
     assert errata.load_errata(None) == {} and errata.load_errata("") == {}
 
 
@@ -64,10 +71,18 @@ def test_without_errata_keeps_the_order_of_the_rest():
 
 
 @pytest.mark.skipif(not os.path.isdir(REAL_DATA), reason=NO_REAL_DATA)
-def test_the_real_folder_holds_the_listed_slice_once():
-    images, _ = folders.paired_tiff_names(REAL_DATA)
+def test_the_real_folder_holds_the_listed_slices_and_their_faults():
+    from lungseg_jax.evaluation.audit import body_mask
+
+    images, masks = folders.paired_tiff_names(REAL_DATA)
     kept, left_out = errata.leave_out(sorted(images), errata.load_errata())
-    assert left_out == [KNOWN] and len(kept) == len(images) - 1
+    assert left_out == sorted([KNOWN, *AIR_LABELLED]) and len(kept) == len(images) - 4
+    known = tifffile.imread(masks[KNOWN]) > 0
+    assert known.sum() == 20305 and not known[:, :256].any()  # one lung, image right only
+    for name, (total, outside) in AIR_LABELLED.items():
+        mask = tifffile.imread(masks[name]) > 0
+        assert (mask.sum(), (mask & ~body_mask(tifffile.imread(images[name]))).sum()) == \
+            (total, outside)
 
 
 def test_training_leaves_the_listed_slices_out_and_checks_the_field(tiny_config, tmp_path):

@@ -41,7 +41,7 @@ def test_tta_prediction_is_flip_equivariant(workdir):
     slices = synthetic_slices(3, 64, seed=5)
     images, _ = preprocess.preprocess(slices, restored.config.data)
     predict_fn = probability_fn(restored.model)
-    variables = restored.variables[restored.final_step]
+    variables = restored.variables[restored.finals[0]]
 
     def predict(batch):
         return predict_fn(variables, batch)
@@ -147,7 +147,7 @@ def test_every_score_equals_an_independent_computation(workdir, test_dir, thresh
     slices = folders.read_folder(test_dir)
     result = evaluator.evaluate_workdir(workdir, test_dir, threshold=threshold,
                                         select_on_validation=False)
-    assert result["options"]["ensemble_members"] == [4, 8] and trained.final_step == 8
+    assert result["options"]["ensemble_members"] == [4, 8] and trained.finals == [8]
     for weights, tta, postprocess in evaluator.VARIANTS:
         members = [8] if weights == "final" else [4, 8]
         want, _ = reference_evaluation(trained, slices, members, threshold, tta, postprocess)

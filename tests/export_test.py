@@ -46,7 +46,7 @@ def test_metadata_records_preprocessing_and_provenance(trained):
     workdir, output, metadata = trained
     with open(os.path.join(output, "metadata.json")) as f:
         assert json.load(f) == metadata
-    assert metadata["snapshot_steps"] == [4, 8] and metadata["final_step"] == 8
+    assert metadata["snapshot_steps"] == [4, 8] and metadata["final_members"] == [8]
     assert (metadata["input_size"], metadata["channels"]) == (32, 1)
     assert (metadata["hu_min"], metadata["hu_max"], metadata["threshold"]) == (-1350.0, 150.0,
                                                                                 0.5)

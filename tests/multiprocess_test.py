@@ -74,9 +74,9 @@ def final_predictions(workdir):
     restored = restore_trained(workdir)
     _, validation = sources.train_val_slices(restored.config.data)
     val_images, _ = preprocess.preprocess(validation, restored.config.data)
-    logits = restored.model.apply(restored.variables[restored.final_step], val_images,
+    logits = restored.model.apply(restored.variables[restored.finals[0]], val_images,
                                   train=False)
-    return restored.final_step, 1.0 / (1.0 + np.exp(-np.asarray(logits)))
+    return restored.finals[0], 1.0 / (1.0 + np.exp(-np.asarray(logits)))
 
 
 def test_two_processes_train_like_one_process_with_two_devices(tmp_path):

@@ -78,8 +78,8 @@ def interrupt(workdir, signum, after_step: int, extra_delay: float):
 
 def final_variables(workdir):
     restored = restore_trained(str(workdir))
-    assert restored.final_step == TOTAL_STEPS
-    return jax.device_get(restored.variables[restored.final_step])
+    assert restored.finals == [TOTAL_STEPS]
+    return jax.device_get(restored.variables[restored.finals[0]])
 
 
 def assert_bit_identical(workdir, reference_dir):
@@ -145,7 +145,7 @@ def test_diverging_run_stops_naming_the_step_and_keeps_the_last_finite_checkpoin
     assert 1 < bad_step <= TOTAL_STEPS
     assert saved_steps(workdir)[-1] == bad_step - 1
     restored = restore_trained(str(workdir))
-    assert restored.final_step == bad_step - 1
+    assert restored.finals == [bad_step - 1]
     for leaf in jax.tree.leaves(jax.device_get(restored.variables[bad_step - 1])):
         assert np.all(np.isfinite(leaf))
 

@@ -51,6 +51,13 @@ def get_config():
     # Fraction of the source held out for per-epoch validation, and the split's seed.
     config.data.val_fraction = 0.1
     config.data.split_seed = 0
+    # Cross-validation (``lungseg_jax.crossval`` sets it per fold): with folds = k > 0, fold
+    # ``fold`` of k is the validation set instead of val_fraction; folds hold whole groups,
+    # a group being the part of a slice's name that ``group_pattern`` matches (the patient).
+    config.data.cv = ml_collections.ConfigDict()
+    config.data.cv.folds = 0
+    config.data.cv.fold = 0
+    config.data.cv.group_pattern = r"^(ID_\d+)"
     config.data.synthetic = ml_collections.ConfigDict()
     config.data.synthetic.num_images = 64
     config.data.synthetic.size = 128

@@ -1,6 +1,8 @@
-"""Splits: the training run's validation split, and a held-out test folder of links."""
+"""Splits: the training run's validation split, cross-validation folds grouped by patient,
+and a held-out test folder of links."""
 
 import os
+import re
 
 import numpy as np
 
@@ -13,6 +15,38 @@ def split_indices(n: int, val_fraction: float, seed: int):
     order = np.random.default_rng(seed).permutation(n)
     n_val = int(round(n * val_fraction))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def group_of(name: str, pattern: str) -> str:
+    """The group (patient) of a slice: the first group of ``pattern`` matched at the start of
+    ``name`` (``^(ID_\\d+)`` gives ``ID_0079`` for ``ID_0079_Z_0072``); a name it does not
+    match is a group of its own."""
+    match = re.match(pattern, name)
+    return match.group(1) if match and match.groups() else (match.group(0) if match else name)
+
+
+def assign_folds(names, folds: int, pattern: str, seed: int) -> np.ndarray:
+    """The fold (0..folds-1) of each of ``names``: whole groups (``group_of``) per fold, so no
+    patient is on both sides of a fold. Groups are shuffled by ``seed`` and dealt, largest
+    first, to the fold with the fewest slices so far, which balances the folds' sizes.
+    Depends only on the set of names (not their order). ValueError when there are fewer
+    groups than folds."""
+    names = list(names)
+    groups = {}
+    for name in sorted(names):
+        groups.setdefault(group_of(name, pattern), []).append(name)
+    if folds < 2 or len(groups) < folds:
+        raise ValueError(f"{folds} folds need at least {max(folds, 2)} groups of slices; the "
+                         f"data has {len(groups)} (group pattern {pattern!r})")
+    keys = sorted(groups)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    shuffled = [keys[i] for i in order]
+    sizes, fold_of = np.zeros(folds, int), {}
+    for key in sorted(shuffled, key=lambda k: -len(groups[k])):  # stable: ties keep the shuffle
+        fold = int(np.argmin(sizes))
+        sizes[fold] += len(groups[key])
+        fold_of.update((name, fold) for name in groups[key])
+    return np.array([fold_of[name] for name in names], int)
 
 
 def split_folder(source: str, output: str, test_fraction: float, seed: int,

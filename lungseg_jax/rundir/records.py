@@ -18,8 +18,10 @@ def config_to_dict(config) -> dict:
 # Config fields that do not change what is trained (``model.ops``: float rounding only):
 # a resume may change them (a workdir written before one of them existed resumes too).
 RESUMABLE_KEYS = ("tracking", "steps_per_call", "model.ops", "data.sanity_checks")
-# Fields added after workdirs were first written, with what a run recorded before them did.
-ADDED_FIELDS = {"data.errata": "none"}
+# Fields added after workdirs were first written, with what a run recorded before them did
+# (``load_config`` fills them in, so the code reads every field directly).
+ADDED_FIELDS = {"data.errata": "none", "data.sanity_checks": True, "data.cv.folds": 0,
+                "data.cv.fold": 0, "data.cv.group_pattern": r"^(ID_\d+)"}
 
 
 def with_added_fields(tree: dict) -> dict:
@@ -86,11 +88,11 @@ def diff_configs(old: dict, new: dict, prefix: str = "") -> str:
 
 
 def load_config(workdir: epath.PathLike) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with."""
+    """The config a workdir was trained with (``ADDED_FIELDS`` it lacks filled in)."""
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {workdir!r} a lungseg_jax workdir?")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return ml_collections.ConfigDict(with_added_fields(json.loads(path.read_text())))
 
 
 def truncate_metrics(path: epath.PathLike, last_step: int, first_step: int = 1) -> None:

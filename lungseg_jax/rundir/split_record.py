@@ -80,6 +80,12 @@ def recorded_subset(slices: Slices, names: dict, where: str) -> Slices:
     return subset
 
 
+def overlap_of_run(workdir: epath.PathLike, slices: Slices) -> list:
+    """``overlap`` with ``workdir``'s recorded split ([] for a run that recorded none)."""
+    record = load_split(workdir)
+    return [] if record is None else overlap(record, slices)
+
+
 def overlap(record: dict, slices: Slices) -> list:
     """Names of ``slices`` that the run trained or validated on, by content, or by name where
     the record says names identify slices."""

@@ -1,4 +1,5 @@
-"""A run's trained model: its config, model and variables restored from its checkpoints."""
+"""A run's trained model: its config, model and variables restored from its checkpoints;
+for a cross-validation folder (``rundir.folds``), every fold's, as one fold ensemble."""
 
 from typing import NamedTuple
 
@@ -8,20 +9,33 @@ import ml_collections
 from etils import epath
 
 from lungseg_jax.model.unet import UNet, create_model
-from lungseg_jax.rundir import checkpoints, records
+from lungseg_jax.rundir import checkpoints, folds, records
+
+
+def member_name(fold: int, step: int) -> str:
+    """A fold ensemble's name for fold ``fold``'s checkpoint at ``step``."""
+    return f"fold{fold}_step{step}"
 
 
 class Trained(NamedTuple):
     config: ml_collections.ConfigDict
     model: UNet
-    variables: dict  # step -> {'params', 'batch_stats'}
-    snapshot_steps: list
-    final_step: int
+    variables: dict  # member -> {'params', 'batch_stats'}; a member is a step, or for a
+    #                  fold ensemble 'fold<i>_step<step>'
+    snapshot_steps: list  # members that are snapshots
+    finals: list  # members that are final weights (one per fold)
+    workdir: str
+    folds: list  # a cross-validation's runs (each a Trained); [] for one run
 
     @property
     def snapshots(self) -> list:
-        """The snapshot steps; the final step if the run kept none."""
-        return self.snapshot_steps or [self.final_step]
+        """The snapshot members; the final ones if the run kept none."""
+        return self.snapshot_steps or self.finals
+
+    @property
+    def runs(self) -> list:
+        """The runs whose validation sets together hold each validated slice once."""
+        return self.folds or [self]
 
 
 def abstract_variables(model: UNet, data_config, sharding) -> dict:
@@ -36,7 +50,13 @@ def abstract_variables(model: UNet, data_config, sharding) -> dict:
 
 def restore_trained(workdir: epath.PathLike, steps=None) -> Trained:
     """The model variables of ``workdir``'s checkpoints at ``steps`` (default: the
-    snapshots and the latest, final, checkpoint), on the first local device."""
+    snapshots and the latest, final, checkpoint), on the first local device; for a
+    cross-validation folder, the fold ensemble of every fold's (``steps`` not allowed)."""
+    if folds.is_crossval(workdir):
+        if steps is not None:
+            raise ValueError(f"{workdir} is a cross-validation folder: its members are "
+                             "every fold's snapshots and final weights")
+        return restore_fold_ensemble(workdir)
     config = records.load_config(workdir)
     model = create_model(config.model)
     manager = checkpoints.create_manager(workdir, read_only=True)
@@ -51,4 +71,19 @@ def restore_trained(workdir: epath.PathLike, steps=None) -> Trained:
     restored = {step: checkpoints.restore(manager, step, abstract, partial=True)
                 for step in steps}
     manager.close()
-    return Trained(config, model, restored, snapshot_steps, latest)
+    return Trained(config, model, restored, snapshot_steps, [latest], str(workdir), [])
+
+
+def restore_fold_ensemble(cv_dir: epath.PathLike) -> Trained:
+    """Every fold's run of a cross-validation folder, with their members renamed
+    ``fold<i>_step<step>`` into one Trained (the fold ensemble); FileNotFoundError naming
+    the first fold that has not trained."""
+    record = folds.load_record(cv_dir)
+    runs = [restore_trained(folds.fold_workdir(cv_dir, i)) for i in range(record["folds"])]
+    variables, snapshots, finals = {}, [], []
+    for fold, run in enumerate(runs):
+        variables.update((member_name(fold, s), v) for s, v in run.variables.items())
+        snapshots += [member_name(fold, s) for s in run.snapshot_steps]
+        finals += [member_name(fold, s) for s in run.finals]
+    return Trained(records.load_config(cv_dir), runs[0].model, variables, snapshots, finals,
+                   str(cv_dir), runs)

@@ -81,7 +81,8 @@ def check_output(output: epath.PathLike, overwrite: bool) -> None:
 def export_workdir(workdir: epath.PathLike, output: epath.PathLike, snapshots: str = "all",
                    threshold: float = 0.5, platforms=PLATFORMS, *,
                    overwrite: bool = False, variant: dict | None = None) -> dict:
-    """Exports the chosen snapshots of ``workdir`` to ``output``; returns the metadata.
+    """Exports the chosen snapshots of ``workdir`` (a run, or a cross-validation folder's
+    fold ensemble) to ``output``; returns the metadata.
 
     ``variant`` (an evaluation's ``chosen``: members, TTA, post-processing, threshold)
     replaces ``snapshots`` and ``threshold``, and ``predict`` applies all of it. Refuses an
@@ -108,7 +109,7 @@ def export_workdir(workdir: epath.PathLike, output: epath.PathLike, snapshots: s
         {"model": config.model.name, "hu_min": config.data.hu_min, "hu_max": config.data.hu_max,
          "threshold": variant["threshold"], "tta": variant["tta"],
          "postprocess": variant["postprocess"], "variant": variant["name"],
-         "final_step": trained.final_step, "config_sha256": digest},
+         "final_members": trained.finals, "config_sha256": digest},
         platforms)
     (epath.Path(output) / "config.json").write_bytes(config_bytes)
     return metadata

@@ -33,7 +33,7 @@ def check_config(config) -> None:
         _fail("model.dtype", config.model.dtype, f"expected one of {DTYPES}")
     if config.data.source not in SOURCES:
         _fail("data.source", config.data.source, f"expected one of {SOURCES}")
-    errata = config.data.get("errata", "none")
+    errata = config.data.errata
     if errata not in ("builtin", "none", "") and not os.path.isfile(errata):
         _fail("data.errata", errata, "expected 'builtin', 'none' or an errata JSON file")
     if config.data.source in ("folder", "tfds") and not config.data.path:
@@ -52,6 +52,11 @@ def check_config(config) -> None:
         _fail("data.hu_max", config.data.hu_max, f"must exceed data.hu_min={config.data.hu_min}")
     if not 0.0 < config.data.val_fraction < 1.0:
         _fail("data.val_fraction", config.data.val_fraction, "expected a fraction in (0, 1)")
+    cv = config.data.cv
+    if not isinstance(cv.folds, int) or cv.folds < 0 or cv.folds == 1:
+        _fail("data.cv.folds", cv.folds, "expected 0 (no cross-validation) or at least 2")
+    if cv.folds and not (isinstance(cv.fold, int) and 0 <= cv.fold < cv.folds):
+        _fail("data.cv.fold", cv.fold, f"expected a fold in [0, {cv.folds})")
     if config.data.source == "synthetic" and config.data.synthetic.num_images < 2:
         _fail("data.synthetic.num_images", config.data.synthetic.num_images, "expected >= 2")
     if not 0.0 <= config.model.bn_momentum < 1.0:
