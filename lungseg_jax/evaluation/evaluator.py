@@ -27,7 +27,7 @@ from lungseg_jax.data.sources import load_slices, read_configured_folder, train_
 from lungseg_jax.evaluation import report
 from lungseg_jax.model.unet import probability_fn
 from lungseg_jax.rundir import split_record
-from lungseg_jax.rundir.trained import Trained, restore_trained
+from lungseg_jax.rundir.trained import Trained, member_name, restore_trained
 from lungseg_jax.serving.inference import native_masks, plain_and_flip_tta
 
 
@@ -68,7 +68,10 @@ def predict_steps(trained: Trained, images: np.ndarray, steps, batch_size: int) 
 
 
 def ensemble_members(trained: Trained, ensemble_last: int) -> list:
-    """The last ``ensemble_last`` snapshot steps (0: all)."""
+    """The last ``ensemble_last`` snapshots (0: all); of a fold ensemble, each fold's."""
+    if trained.folds:
+        return [member_name(fold, step) for fold, run in enumerate(trained.folds)
+                for step in ensemble_members(run, ensemble_last)]
     snapshots = trained.snapshots
     if not 0 <= ensemble_last <= len(snapshots):
         raise ValueError(f"ensemble_last={ensemble_last} is invalid: the workdir has "
@@ -87,12 +90,50 @@ def score(probabilities, masks: list, threshold: float, postprocess: bool) -> di
     return metrics.summarize(native_counts(preds, masks))
 
 
+def variant_counts(predictions: Predictions, masks: list, weights_steps: dict,
+                   threshold: float) -> dict:
+    """{variant name: (N, 4) per-image pixel counts} for every variant; ``weights_steps``:
+    {'final'|'ensemble': steps}."""
+    return {variant_name(weights, tta, postprocess): native_counts(native_predictions(
+                predictions.of(weights_steps[weights], tta)[0], masks, threshold, postprocess),
+                masks)
+            for weights, tta, postprocess in VARIANTS}
+
+
 def score_variants(predictions: Predictions, masks: list, weights_steps: dict,
                    threshold: float) -> dict:
-    """{variant name: score} for every variant; ``weights_steps``: {'final'|'ensemble': steps}."""
-    return {variant_name(weights, tta, postprocess):
-            score(predictions.of(weights_steps[weights], tta)[0], masks, threshold, postprocess)
-            for weights, tta, postprocess in VARIANTS}
+    """{variant name: score} for every variant (``variant_counts``)."""
+    return {name: metrics.summarize(counts) for name, counts
+            in variant_counts(predictions, masks, weights_steps, threshold).items()}
+
+
+class Validated(NamedTuple):
+    """Every variant's per-slice counts on the validation slices of a run, or out of fold
+    for a cross-validation: each fold's slices predicted by its own run."""
+
+    names: list
+    folds: np.ndarray  # the run (fold) that predicted each slice
+    counts: dict  # variant name -> (N, 4)
+
+    def scores(self) -> dict:
+        return {name: metrics.summarize(c) for name, c in self.counts.items()}
+
+
+def validate(trained: Trained, threshold: float, batch_size: int,
+             ensemble_last: int = 0) -> Validated:
+    """Each of ``trained.runs`` scored on its recorded validation slices."""
+    names, fold_ids, counts = [], [], []
+    for fold, run in enumerate(trained.runs):
+        val = validation_slices(run.config, split_record.load_split(run.workdir))
+        members = ensemble_members(run, ensemble_last)
+        images, _ = preprocess(val, run.config.data)
+        predictions = predict_steps(run, images, sorted({*run.finals, *members}), batch_size)
+        counts.append(variant_counts(predictions, val.masks,
+                                     {"final": run.finals, "ensemble": members}, threshold))
+        names += val.names
+        fold_ids += [fold] * len(val)
+    return Validated(names, np.array(fold_ids, int),
+                     {name: np.concatenate([c[name] for c in counts]) for name in counts[0]})
 
 
 def chosen_variant(chosen: tuple, weights_steps: dict, threshold: float) -> dict:
@@ -132,15 +173,15 @@ def evaluate_workdir(workdir: epath.PathLike, data_dir: str, threshold: float = 
     trained = restore_trained(workdir)
     config = trained.config
     members = ensemble_members(trained, ensemble_last)
-    weights_steps = {"final": [trained.final_step], "ensemble": members}
+    weights_steps = {"final": trained.finals, "ensemble": members}
     known_errors = errata.load_errata(errata_file)
     slices, left_out = errata.without_errata(read_configured_folder(data_dir, config.data),
                                              known_errors)
     left_out_why = errata.describe(left_out, known_errors)
     logging.info("%s", left_out_why)
-    record = split_record.load_split(workdir)
-    if record is not None and not allow_overlap:
-        shared = split_record.overlap(record, slices)
+    if not allow_overlap:
+        shared = sorted({name for run in trained.runs
+                         for name in split_record.overlap_of_run(run.workdir, slices)})
         if shared:
             raise ValueError(f"{data_dir} shares {len(shared)} slices with the run's training "
                              f"or validation data (by name or content): {shared[:5]}; evaluate "
@@ -153,21 +194,20 @@ def evaluate_workdir(workdir: epath.PathLike, data_dir: str, threshold: float = 
 
     result = {"num_images": len(slices), "left_out": left_out,
               "left_out_why": left_out_why,
-              "final": requested([trained.final_step]),
+              "final": requested(trained.finals),
               "snapshots": [{"step": s, **requested([s])} for s in trained.snapshots],
               "ensemble": requested(members),
               "options": {"threshold": threshold, "ensemble_members": members, "tta": tta,
                           "postprocess": postprocess},
               "variants": score_variants(predictions, slices.masks, weights_steps, threshold)}
     chosen = ("ensemble", tta, postprocess)
+    if trained.folds:
+        result["crossval_folds"] = len(trained.folds)
     if select_on_validation:
-        val = validation_slices(config, record)
-        val_images, _ = preprocess(val, config.data)
-        val_predictions = predict_steps(trained, val_images,
-                                        sorted({trained.final_step, *members}), batch_size)
-        val_scores = score_variants(val_predictions, val.masks, weights_steps, threshold)
+        validated = validate(trained, threshold, batch_size, ensemble_last)
+        val_scores = validated.scores()
         chosen = max(VARIANTS, key=lambda v: val_scores[variant_name(*v)]["pooled_iou"])
-        result["validation"] = {"num_images": len(val), "variants": val_scores,
+        result["validation"] = {"num_images": len(validated.names), "variants": val_scores,
                                 "winner": variant_name(*chosen)}
     result["report_variant"] = variant_name(*chosen)
     result["chosen"] = chosen_variant(chosen, weights_steps, threshold)
