@@ -383,8 +383,8 @@ def _read_dicom(path: str, hu_window: tuple) -> Scan:
     normal = np.cross(row, column)
     if int(np.argmax(np.abs(normal))) != 2:
         raise InputError(f"{path}: not an axial series: its slice normal "
-                         f"{tuple(round(float(v), 3) for v in normal)} (from "
-                         f"ImageOrientationPatient {tuple(float(v) for v in orientation)}) is "
+                         f"{tuple(round(float(v), 3) + 0.0 for v in normal)} (from "
+                         f"ImageOrientationPatient {tuple(float(v) + 0.0 for v in orientation)}) is "
                          f"closest to the {AXIS_NAMES[int(np.argmax(np.abs(normal)))]} axis; "
                          "only axial series are supported")
     images, positions = [], []
