@@ -220,3 +220,38 @@ def test_export_and_predict_apply_the_fold_ensemble(cv_dir, tmp_path):
     expected = np.mean([np.asarray(probability_fn(trained.model)(trained.variables[m], images))
                         for m in trained.snapshots], axis=0)
     np.testing.assert_allclose(model.ensemble(images), expected, atol=1e-5)
+
+
+def test_audit_ranks_every_slice_by_its_out_of_fold_disagreement_and_flags(cv_dir, tmp_path):
+    from lungseg_jax.evaluation import audit
+    from lungseg_jax.serving.inference import keep_largest_components
+
+    rows = audit.audit(cv_dir, str(tmp_path / "audit"), top=2, batch_size=4)
+    assert sorted(r["name"] for r in rows) == sorted(patient_names())  # errata included
+    assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    assert [r["suspicion"] for r in rows] == sorted((r["suspicion"] for r in rows),
+                                                    reverse=True)
+    flagged = {r["name"]: r for r in rows}[LABEL_ERROR]
+    assert flagged["known_error"] and flagged["flags"] == ["one_sided"]
+    # Each slice's out-of-fold IoU by hand: its fold's snapshots, flip TTA, two largest parts.
+    fold_of = dict(zip(patient_names(), assign_folds(patient_names(), 3, PATTERN, 0)))
+    data = folders.read_folder(restore_trained(cv_dir).config.data.path)
+    for row in rows[:4]:
+        run = restore_trained(folds.fold_workdir(cv_dir, fold_of[row["name"]]))
+        i = data.names.index(row["name"])
+        image = cv2.resize(np.clip((data.images[i].astype(np.float32) + 1350) / 1500, 0, 1),
+                           (32, 32), interpolation=cv2.INTER_AREA)
+        batch = np.stack([image, image[:, ::-1]])[..., None]
+        probs = [np.asarray(probability_fn(run.model)(run.variables[s], batch))
+                 for s in run.snapshots]
+        mean = np.mean([(p[0] + p[1][:, ::-1]) / 2 for p in probs], axis=0)
+        pred = keep_largest_components(cv2.resize(mean, (64, 64)) > 0.5)
+        truth = data.masks[i] > 0
+        iou = (pred & truth).sum() / (pred | truth).sum()
+        assert row["oof_iou"] == pytest.approx(iou, abs=1e-6)
+        assert row["suspicion"] == pytest.approx(1 - iou + 0.25 * len(row["flags"]))
+    written = sorted(os.listdir(tmp_path / "audit"))
+    assert written == ["audit.csv"] + sorted(f"audit_{r['rank']}_{r['name']}.png"
+                                             for r in rows[:2])
+    with open(tmp_path / "audit" / "audit.csv") as f:
+        assert [r["name"] for r in csv.DictReader(f)] == [r["name"] for r in rows]

@@ -123,8 +123,8 @@ def audit(cv_dir: epath.PathLike, output: epath.PathLike, threshold: float = 0.5
                 folder / f"audit_{rank}_{row['name']}.png", slices.images[i], slices.masks[i],
                 predictions[i], uncertainty[i], data,
                 {"name": f"#{rank} {row['name']} {' '.join(row['flags'])}",
-                 "iou": row["oof_iou"], "hd95": report.hd95(predictions[i],
-                                                            slices.masks[i] > 0)})
+                 "iou": row["oof_iou"], "hd95_mm": None,
+                 "hd95": report.hd95(predictions[i], slices.masks[i] > 0)})
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
