@@ -1,14 +1,19 @@
 """The evaluation report written next to the metrics JSON (``PREFIX`` = its path less .json).
 
-    PREFIX.csv                  per image: name, IoU, Dice, HD95 (pixels), and the pixel
-                                counts (intersection, union, predicted, true) that give
-                                the pooled IoU of any subset
+    PREFIX.csv                  per image: name, IoU, Dice, HD95 in pixels and in mm (empty
+                                where the pixel spacing is unknown), and the pixel counts
+                                (intersection, union, predicted, true) that give the
+                                pooled IoU of any subset
     PREFIX.md                   summary: metrics, variants, per-image statistics, figures
     PREFIX_worst<k>_<name>.png  overlays (slice, truth, prediction, uncertainty) of the
     PREFIX_best<k>_<name>.png   worst and best slices by IoU
     PREFIX_curves.png           training curves from WORKDIR/metrics.jsonl
 
 PREFIX and WORKDIR may be ``etils.epath`` URIs such as ``gs://bucket/run/evaluation``.
+
+A slice's pixel spacing is its image TIFF's resolution tags when they are in centimetres
+(as ``predict`` reads them; inches are usually a display default, not a scan's), else the
+one given (``spacing_mm``), else unknown.
 """
 
 import csv
@@ -18,8 +23,10 @@ import math
 
 import cv2
 import matplotlib
+import tifffile
 from etils import epath
 from matplotlib import patches, ticker
+from scipy import ndimage
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -28,10 +35,11 @@ import numpy as np  # noqa: E402
 from lungseg_jax.core import metrics  # noqa: E402
 from lungseg_jax.core.files import absolute  # noqa: E402
 from lungseg_jax.data.preprocess import window  # noqa: E402
-from lungseg_jax.data.slices import Slices  # noqa: E402
+from lungseg_jax.data.slices import Slices, paired_tiff_names  # noqa: E402
 from lungseg_jax.rundir.records import read_metrics  # noqa: E402
 
 NUM_OVERLAYS = 3  # worst and best slices drawn each
+TIFF_UNIT_MM = {3: 10.0}  # ResolutionUnit CENTIMETER; inch (2) is usually a display default
 CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
 
@@ -42,8 +50,9 @@ def surface(mask: np.ndarray) -> np.ndarray:
     return (mask > 0) & (eroded == 0)
 
 
-def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
-    """95th percentile of the symmetric surface distances (pixels, Euclidean).
+def hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple | None = None) -> float:
+    """95th percentile of the symmetric surface distances (Euclidean): in pixels, or in mm
+    given the pixel ``spacing`` (row, column) in mm.
 
     0 when both masks are empty, inf when only one is.
     """
@@ -54,22 +63,54 @@ def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
         return math.inf
 
     def distance_to(s):  # exact Euclidean distance of every pixel to the nearest pixel of s
-        return cv2.distanceTransform((~s).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        if spacing is None:
+            return cv2.distanceTransform((~s).astype(np.uint8), cv2.DIST_L2,
+                                         cv2.DIST_MASK_PRECISE)
+        return ndimage.distance_transform_edt(~s, sampling=spacing)  # in mm, per axis
 
     return float(np.percentile(np.concatenate([distance_to(b)[a], distance_to(a)[b]]), 95))
 
 
-CSV_FIELDS = ["name", "iou", "dice", "hd95", "intersection", "union", "predicted", "true"]
+def tiff_spacing_mm(path: str) -> tuple | None:
+    """(row, column) pixel spacing in mm of a TIFF's resolution tags in centimetres, else
+    None (the convention of ``serving.predict``'s TIFF reader)."""
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        x, y, unit = (tags.get(n) for n in ("XResolution", "YResolution", "ResolutionUnit"))
+        if x is None or y is None or unit is None:
+            return None
+        unit_mm = TIFF_UNIT_MM.get(int(unit.value))
+        (xn, xd), (yn, yd) = x.value, y.value
+    if unit_mm is None or not xn or not yn:
+        return None
+    return (unit_mm * yd / yn, unit_mm * xd / xn)
 
 
-def per_image_rows(names, predictions, masks, counts) -> list:
-    """One dict of CSV_FIELDS per image; ``counts`` from ``metrics.pixel_counts``."""
+def slice_spacings(names: list, data_dir: str | None, spacing_mm: float | None) -> list:
+    """Each slice's (row, column) spacing in mm: its image TIFF's (``tiff_spacing_mm``),
+    else ``(spacing_mm, spacing_mm)``, else None."""
+    given = (spacing_mm, spacing_mm) if spacing_mm else None
+    files = paired_tiff_names(data_dir)[0] if data_dir else {}
+    return [(tiff_spacing_mm(files[name]) if name in files else None) or given
+            for name in names]
+
+
+CSV_FIELDS = ["name", "iou", "dice", "hd95", "hd95_mm", "intersection", "union", "predicted",
+              "true"]
+COUNT_FIELDS = CSV_FIELDS[-4:]
+
+
+def per_image_rows(names, predictions, masks, counts, spacings=None) -> list:
+    """One dict of CSV_FIELDS per image; ``counts`` from ``metrics.pixel_counts``;
+    ``spacings``: each image's (row, column) spacing in mm or None (``hd95_mm`` then None)."""
     rows = []
-    for name, pred, mask, count in zip(names, predictions, masks, counts):
+    for i, (name, pred, mask, count) in enumerate(zip(names, predictions, masks, counts)):
         summary = metrics.summarize(count)
+        spacing = spacings[i] if spacings else None
         rows.append({"name": name, "iou": summary["mean_iou"], "dice": summary["mean_dice"],
                      "hd95": hd95(pred, mask > 0),
-                     **dict(zip(CSV_FIELDS[4:], (int(c) for c in np.asarray(count))))})
+                     "hd95_mm": None if spacing is None else hd95(pred, mask > 0, spacing),
+                     **dict(zip(COUNT_FIELDS, (int(c) for c in np.asarray(count))))})
     return rows
 
 
@@ -77,7 +118,8 @@ def write_csv(path: epath.Path, rows: list) -> None:
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=CSV_FIELDS)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({**r, "hd95_mm": "" if r["hd95_mm"] is None else r["hd95_mm"]}
+                     for r in rows)
     path.write_text(text.getvalue())
 
 
@@ -109,9 +151,10 @@ def write_overlay(path: epath.Path, image, truth, pred, uncertainty, data_config
     truth_rgba = np.zeros((*gray.shape, 4))
     truth_rgba[truth] = (1.0, 0.85, 0.0, 0.45)
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.8))
+    hd = f"HD95 {row['hd95']:.1f} px" + ("" if row["hd95_mm"] is None
+                                          else f" ({row['hd95_mm']:.1f} mm)")
     for ax, overlay, title in ((axes[0], None, row["name"]), (axes[1], truth_rgba, "truth"),
-                               (axes[2], errors, f"prediction: IoU {row['iou']:.4f}, "
-                                                 f"HD95 {row['hd95']:.1f} px")):
+                               (axes[2], errors, f"prediction: IoU {row['iou']:.4f}, {hd}")):
         ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
         if overlay is not None:
             ax.imshow(overlay)
@@ -163,6 +206,24 @@ def metrics_table(first: str, rows, with_validation: dict | None = None) -> list
     return lines
 
 
+def hd95_summary(rows: list) -> str:
+    """The per-image HD95 statistics, saying their unit: pixels for all images, and mm for
+    those whose pixel spacing is known."""
+    finite = [r["hd95"] for r in rows if math.isfinite(r["hd95"])]
+    text = (f"HD95 in pixels: median {np.median(finite):.2f} px, max {max(finite):.2f} px"
+            if finite else "no finite HD95")
+    text += (f"; {len(rows) - len(finite)} images with an empty prediction or truth "
+             "(HD95 inf).")
+    known = [r["hd95_mm"] for r in rows if r["hd95_mm"] is not None]
+    finite_mm = [v for v in known if math.isfinite(v)]
+    if not known:
+        return text + " HD95 in mm: unknown (no pixel spacing: TIFF resolution in cm, or " \
+                      "evaluate's --spacing_mm)."
+    mm = (f"median {np.median(finite_mm):.2f} mm, max {max(finite_mm):.2f} mm" if finite_mm
+          else "none finite")
+    return text + f" HD95 in mm ({len(known)} of {len(rows)} images of known spacing): {mm}."
+
+
 def markdown(result: dict, workdir: str, rows: list, csv_name: str, overlays: list,
              curves_name: str | None) -> str:
     """The summary: headline metrics, variants, per-image statistics, figure links."""
@@ -181,13 +242,9 @@ def markdown(result: dict, workdir: str, rows: list, csv_name: str, overlays: li
     lines += metrics_table("variant", result["variants"].items(),
                            result["validation"]["variants"] if "validation" in result else None)
     ious = [r["iou"] for r in rows]
-    finite = [r["hd95"] for r in rows if math.isfinite(r["hd95"])]
-    hd = (f"median HD95 {np.median(finite):.2f} px, max {max(finite):.2f} px" if finite
-          else "no finite HD95")
     lines += ["", f"## Per image ({variant})", "",
               f"IoU mean {np.mean(ious):.4f}, median {np.median(ious):.4f}, min {min(ious):.4f}; "
-              f"{hd}; {len(rows) - len(finite)} images with an empty prediction or truth "
-              f"(HD95 inf). Every image: [{csv_name}]({csv_name}).", ""]
+              f"{hd95_summary(rows)} Every image: [{csv_name}]({csv_name}).", ""]
     lines += [f"![{label}: {rows[i]['name']}]({file})" for label, i, file in overlays]
     lines += ["", "## Training curves", ""]
     lines += [f"![training curves]({curves_name})" if curves_name
@@ -196,22 +253,36 @@ def markdown(result: dict, workdir: str, rows: list, csv_name: str, overlays: li
 
 
 def write_report(prefix: epath.PathLike, result: dict, workdir: epath.PathLike, data_config,
-                 slices: Slices, predictions: list, counts, uncertainty: list) -> None:
-    """Writes the files listed in the module docstring for ``result['report_variant']``."""
+                 slices: Slices, predictions: list, counts, uncertainty: list, *,
+                 data_dir: str | None = None, spacing_mm: float | None = None,
+                 written: list | None = None) -> None:
+    """Writes the files listed in the module docstring for ``result['report_variant']``.
+
+    ``data_dir``: the slices' folder, whose image TIFFs may record their pixel spacing;
+    ``spacing_mm``: the spacing of those that do not. The paths of the files written are
+    appended to ``written``.
+    """
     prefix = absolute(prefix)
     folder, stem = prefix.parent, prefix.name
     folder.mkdir(parents=True, exist_ok=True)
-    rows = per_image_rows(slices.names, predictions, slices.masks, counts)
-    write_csv(folder / (stem + ".csv"), rows)
+    rows = per_image_rows(slices.names, predictions, slices.masks, counts,
+                          slice_spacings(slices.names, data_dir, spacing_mm))
+    files = [folder / (stem + ".csv")]
+    write_csv(files[0], rows)
     overlays = []
     for label, i in overlay_choice(rows):
         file = f"{stem}_{label}_{rows[i]['name']}.png"
         write_overlay(folder / file, slices.images[i], slices.masks[i],
                       predictions[i], uncertainty[i], data_config, rows[i])
         overlays.append((label, i, file))
+        files.append(folder / file)
     records = read_metrics(workdir)
     curves_name = f"{stem}_curves.png" if records else None
     if records:
         write_curves(folder / curves_name, records)
+        files.append(folder / curves_name)
     summary = markdown(result, workdir, rows, stem + ".csv", overlays, curves_name)
     (folder / (stem + ".md")).write_text(summary)
+    files.append(folder / (stem + ".md"))
+    if written is not None:
+        written.extend(str(f) for f in files)
