@@ -158,7 +158,8 @@ def evaluate_workdir(workdir: epath.PathLike, data_dir: str, threshold: float = 
                      postprocess: bool = False, select_on_validation: bool = True,
                      report_prefix: epath.PathLike | None = None,
                      errata_file: str | None = errata.BUILTIN,
-                     allow_overlap: bool = False) -> dict:
+                     allow_overlap: bool = False, spacing_mm: float | None = None,
+                     report_files: list | None = None) -> dict:
     """The evaluate CLI's result on ``data_dir``.
 
     ``final``, ``snapshots`` and ``ensemble`` (last ``ensemble_last`` snapshots, 0: all) are
@@ -218,7 +219,8 @@ def evaluate_workdir(workdir: epath.PathLike, data_dir: str, threshold: float = 
         preds = native_predictions(probs, slices.masks, threshold, chosen_pp)
         report.write_report(report_prefix, result, workdir, config.data, slices, preds,
                             native_counts(preds, slices.masks),
-                            [to_native(u, m.shape) for u, m in zip(uncertainty, slices.masks)])
+                            [to_native(u, m.shape) for u, m in zip(uncertainty, slices.masks)],
+                            data_dir=data_dir, spacing_mm=spacing_mm, written=report_files)
     return result
 
 
