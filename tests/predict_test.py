@@ -316,3 +316,82 @@ def test_command_line_refuses_bad_flag_values(tmp_path, flag, message):
     run = run_predict(tmp_path, tmp_path / "out", flag, "scan.npy")
     assert run.returncode != 0 and message in run.stderr, run.stderr[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+def test_outputs_are_planned_once_per_call(model, tmp_path, monkeypatch):
+    image, _ = lungs_2d(48, 48)
+    (tmp_path / "folder").mkdir()
+    for path in (tmp_path / "a.npy", tmp_path / "folder" / "b.npy", tmp_path / "folder" / "c.npy"):
+        np.save(path, image)
+    calls = []
+    plan_outputs = predict.plan_outputs
+    monkeypatch.setattr(predict, "plan_outputs", lambda *a, **k: calls.append(a) or
+                        plan_outputs(*a, **k))
+    out = tmp_path / "out"
+    assert predict.predict_all(model, [str(tmp_path / "a.npy"), str(tmp_path / "folder")],
+                               str(out)) == 0
+    assert len(calls) == 1
+    assert sorted(os.listdir(out)) == ["a.json", "a_mask.npy", "b.json", "b_mask.npy",
+                                       "c.json", "c_mask.npy"]
+
+
+def test_a_file_made_since_the_plan_is_kept(model, tmp_path, capsys):
+    image, _ = lungs_2d(48, 48)
+    inputs = [str(tmp_path / "a.npy"), str(tmp_path / "b.npy")]
+    for path in inputs:
+        np.save(path, image)
+    out = tmp_path / "out"
+    plan = predict.plan_outputs(inputs, str(out))
+    out.mkdir()
+    (out / "b.json").write_text("made since the plan")
+    assert predict.predict_all(model, inputs, str(out), plan=plan) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {out / 'b.json'} exists (an output of {inputs[1]}, made since the check); "
+        "give --overwrite to replace it"]
+    assert (out / "b.json").read_text() == "made since the plan"
+    # b's mask was written before its report was refused; no temporary file is left.
+    assert sorted(os.listdir(out)) == ["a.json", "a_mask.npy", "b.json", "b_mask.npy"]
+
+
+def test_keeping_a_file_works_without_hard_links(tmp_path, monkeypatch):
+    from lungseg_jax.core import files
+
+    def no_links(source, target):
+        raise PermissionError("links are not supported here")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "x.txt"
+    files.write_file_atomic(str(path), lambda tmp: open(tmp, "w").write("one"), replace=False)
+    with pytest.raises(FileExistsError):
+        files.write_file_atomic(str(path), lambda tmp: open(tmp, "w").write("two"),
+                                replace=False)
+    assert path.read_text() == "one" and os.listdir(tmp_path) == ["x.txt"]
+
+
+@needs_nibabel
+def test_command_line_labels_sides_and_prints_warnings(model_dir, tmp_path):
+    image, truth = lungs_2d(SIZE, SIZE)  # the model's size: nothing resized, an exact mask
+    np.save(tmp_path / "slice.npy", image)
+    stack = np.moveaxis(np.stack([image] * 3, axis=-1), -1, 0)  # (slice, row, column)
+    nibabel.save(nibabel.Nifti1Image(stack, np.eye(4)), tmp_path / "stack.nii.gz")
+    run = run_predict(model_dir, tmp_path / "out", "--label_sides", tmp_path / "slice.npy",
+                      tmp_path / "stack.nii.gz")
+    assert run.returncode == 1
+    assert error_lines(run) == [
+        f"error: {tmp_path / 'stack.nii.gz'}: cannot tell the patient's right from left: its "
+        "affine is the identity (1 mm voxels at the origin, as an array saved without its "
+        "geometry has)"]
+    image_left = np.arange(SIZE) < SIZE // 2  # the patient's right (radiological display)
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "slice_mask.npy"),
+                                  np.where(truth & image_left, 1, np.where(truth, 2, 0)))
+    assert "slice.npy: lungs" in run.stdout and "(right " in run.stdout
+    without = run_predict(model_dir, tmp_path / "out2", tmp_path / "stack.nii.gz")
+    assert without.returncode == 0, without.stderr[-3000:]
+    warnings = [line for line in without.stderr.splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        f"warning: {tmp_path / 'stack.nii.gz'}: its affine is the identity (1 mm voxels at the "
+        "origin, as an array saved without its geometry has): taking its array axes as RAS "
+        "and slicing along array axis 2 (S) as axial; check the mask's orientation",
+        f"warning: {tmp_path / 'stack.nii.gz'}: axial slices along array axis 2 (S) would be "
+        "32 x 3 voxels while that axis has 32: the volume looks stacked along another axis; "
+        "check its affine"]

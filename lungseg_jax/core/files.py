@@ -70,7 +70,7 @@ def write_file_atomic(path: str, write, *, replace: bool = True, suffix: str = "
         try:
             os.link(tmp, path)
         except FileExistsError:
-            raise
+            raise FileExistsError(errno.EEXIST, "file exists", os.fspath(path)) from None
         except OSError:  # no hard links on this file system (FAT, some network mounts)
             if os.path.lexists(path):
                 raise FileExistsError(errno.EEXIST, "file exists", os.fspath(path)) from None
