@@ -2,12 +2,14 @@
 
     python -m lungseg_jax.evaluate --workdir DIR --data_dir FOLDER --output FILE.json \
         [--threshold 0.5] [--ensemble_last M] [--tta] [--postprocess] \
-        [--noselect_on_validation]
+        [--noselect_on_validation] [--spacing_mm 0.7] [--nomlflow]
 
 Writes ``{"num_images", "final", "snapshots": [{"step", ...}], "ensemble", "options",
 "variants", "validation", "report_variant"}`` (pooled IoU, mean IoU and mean Dice each),
 the report next to it (FILE.csv, FILE.md, FILE_*.png; see ``evaluation/report.py``), and
-prints a table. See docs/evaluation.md.
+prints a table. When the training run was tracked with MLflow (``WORKDIR/mlflow_run_id``),
+the numbers are logged to that run as ``eval/...`` metrics and the files as artifacts in
+``eval/``. See docs/evaluation.md and docs/tracking_export_predict.md.
 """
 
 import json
@@ -19,6 +21,7 @@ from lungseg_jax.core import cli
 from lungseg_jax.core.files import prepare_file_path, write_atomic
 from lungseg_jax.data import errata
 from lungseg_jax.evaluation import evaluator
+from lungseg_jax.tracking import tracker
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json and checkpoints/).")
@@ -39,21 +42,31 @@ flags.DEFINE_string("errata", "builtin", "Known label errors to leave out: 'buil
                     "dataset's shipped list), 'none', or a JSON file of your own.")
 flags.DEFINE_bool("allow_overlap", False, "Evaluate even on slices the run trained or "
                   "validated on (refused by default, by name or content).")
+flags.DEFINE_float("spacing_mm", None, "Pixel spacing in mm of the slices whose TIFF does not "
+                   "record one (resolution in cm), for the report's HD95 in mm.")
+flags.DEFINE_bool("mlflow", True, "Log the metrics and the report to the training run's MLflow "
+                  "run when it was tracked (WORKDIR/mlflow_run_id).")
 flags.mark_flags_as_required(["workdir", "data_dir", "output"])
 flags.register_validator("threshold", cli.is_probability_threshold, message=cli.THRESHOLD_RULE)
+flags.register_validator("spacing_mm", lambda v: v is None or v > 0,
+                         message="--spacing_mm must be a positive number of millimetres")
 
 
 def main(argv):
     cli.start(argv)
     prepare_file_path(FLAGS.output)  # a bad --output fails now, not after the evaluation
+    report_files = []
     result = evaluator.evaluate_workdir(
         FLAGS.workdir, FLAGS.data_dir, FLAGS.threshold, FLAGS.batch_size,
         ensemble_last=FLAGS.ensemble_last, tta=FLAGS.tta, postprocess=FLAGS.postprocess,
         select_on_validation=FLAGS.select_on_validation,
         report_prefix=os.path.splitext(FLAGS.output)[0],
-        errata_file=errata.errata_file(FLAGS.errata), allow_overlap=FLAGS.allow_overlap)
+        errata_file=errata.errata_file(FLAGS.errata), allow_overlap=FLAGS.allow_overlap,
+        spacing_mm=FLAGS.spacing_mm, report_files=report_files)
     write_atomic(FLAGS.output, json.dumps(result, indent=2))
     print(evaluator.format_table(result))
+    if FLAGS.mlflow:
+        tracker.log_evaluation(FLAGS.workdir, result, [FLAGS.output, *report_files])
 
 
 def run():

@@ -10,7 +10,9 @@ stopped on SIGTERM after saving a checkpoint (re-run the command to resume),
 """
 
 import json
+import os
 import sys
+import time
 
 import jax
 from absl import flags, logging
@@ -21,9 +23,9 @@ from lungseg_jax.configs import default as default_config
 from lungseg_jax.core import cli
 from lungseg_jax.core.files import is_local, write_atomic
 from lungseg_jax.tracking.tensorboard import TensorBoardWriter
-from lungseg_jax.tracking.tracker import Tracker
+from lungseg_jax.tracking.tracker import Tracker, workdir_uri
 from lungseg_jax.training.config_checks import check_config
-from lungseg_jax.training.loop import train_and_evaluate
+from lungseg_jax.training.loop import run_summary, train_and_evaluate
 from lungseg_jax.training.preemption import Preempted
 
 FLAGS = flags.FLAGS
@@ -40,6 +42,7 @@ cli.define_cluster_flags()
 
 
 def main(argv):
+    started = time.monotonic()
     cli.start(argv, cluster=True)
     check_config(FLAGS.config)  # a bad value is refused in one line, before the config's log
     logging.info("Config:\n%s", FLAGS.config)
@@ -51,13 +54,30 @@ def main(argv):
             tracker.log_epoch(record)
             board.log_epoch(record)
 
+        def on_steps(first_step, values):
+            tracker.log_steps(first_step, values)
+            board.log_steps(first_step, values)
+
         try:
             train_and_evaluate(FLAGS.config, FLAGS.workdir, on_epoch_end=on_epoch_end,
-                               on_steps=board.log_steps)
+                               on_steps=on_steps)
         except Preempted as stop:
             logging.warning("%s", stop)
             sys.exit(Preempted.EXIT_STATUS)
         tracker.finish(evaluate_test_set(FLAGS.workdir, FLAGS.eval_data_dir))
+        if jax.process_index() == 0:
+            print(run_summary(FLAGS.workdir, time.monotonic() - started,
+                              summary_places(board, tracker)), flush=True)
+
+
+def summary_places(board: TensorBoardWriter, tracker: Tracker) -> list:
+    """The (label, location) pairs of the run summary: TensorBoard's folder, the MLflow run."""
+    places = [] if board.folder is None else [("TensorBoard", os.path.abspath(board.folder))]
+    if tracker.run_id is not None:
+        store = tracker.uri if tracker.uri == workdir_uri(FLAGS.workdir) else \
+            "$MLFLOW_TRACKING_URI"
+        places.append(("MLflow run", f"{tracker.run_id} (store {store})"))
+    return places
 
 
 def evaluate_test_set(workdir: str, data_dir: str) -> dict | None:

@@ -93,6 +93,11 @@ def test_log_lines_are_printed_above_the_bar_not_through_it():
     absl_handler = absl_logging.ABSLHandler(absl_logging.PythonFormatter())
     absl_handler.python_handler.setStream(out)
     absl_handler.setFormatter(logging.Formatter("absl %(message)s"))
+    library = logging.getLogger("a_library")  # one with its own handler, as MLflow's
+    own = logging.StreamHandler(out)
+    own.setFormatter(logging.Formatter("library %(message)s"))
+    library.addHandler(own)
+    library.propagate = False
     root = logging.getLogger()
     root.addHandler(plain)
     root.addHandler(absl_handler)
@@ -100,16 +105,20 @@ def test_log_lines_are_printed_above_the_bar_not_through_it():
         bar = REAL_PROGRESS(total=10, start=0, images_per_step=1, stream=out, interval=0.0,
                             width=80)
         bar.draw(3, loss=0.5)
+        library.warning("its line")
         logging.warning("a log line")
         bar.draw(6, loss=0.25)
         bar.close()
         # Given back after the bar: the handlers write to the terminal itself again.
         assert plain.stream is out and absl_handler.python_handler.stream is out
+        assert own.stream is out
     finally:
         root.removeHandler(plain)
         root.removeHandler(absl_handler)
+        library.removeHandler(own)
     lines = frames(out.getvalue())
     # Each handler's line whole, on a line of its own, and the bar drawn again below them.
+    assert "library its line" in lines
     assert "a log line" in lines and "absl a log line" in lines
     assert lines[-1].startswith("step 6/10 ")
     after_log = lines[lines.index("absl a log line") + 1:]

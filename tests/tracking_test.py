@@ -1,6 +1,7 @@
 """MLflow tracking of a tiny run to a sqlite store, read back through the MLflow client."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -32,7 +33,8 @@ def tracked_config():
 def train_tracked(config, workdir, test_dir=None, finish=True):
     """What ``lungseg_jax.train`` does with tracking on (``finish``: log artifacts and model)."""
     with tracking.Tracker(config, workdir) as tracker:
-        train_and_evaluate(config, workdir, on_epoch_end=tracker.log_epoch)
+        train_and_evaluate(config, workdir, on_epoch_end=tracker.log_epoch,
+                           on_steps=tracker.log_steps)
         if finish:
             tracker.finish(evaluator.evaluate_workdir(workdir, test_dir) if test_dir else None)
 
@@ -85,6 +87,27 @@ def test_params_metrics_and_artifacts_are_logged(tracked_run, tmp_path):
         assert json.load(f)["model"]["features"] == [4, 8]
 
 
+def test_each_steps_learning_rate_and_loss_are_logged(tracked_run):
+    workdir, client = tracked_run
+    run_id = the_run(workdir, client).info.run_id
+    learning_rate = {m.step: m.value for m in
+                     client.get_metric_history(run_id, "step/learning_rate")}
+    # 8 steps in 2 cosine cycles of 4 from 1e-3 (optax's cosine decay, restarted at step 5);
+    # a step's value is logged at the step count after it, as the epochs'.
+    by_hand = {s: 1e-3 * 0.5 * (1 + math.cos(math.pi * ((s - 1) % 4) / 4)) for s in range(1, 9)}
+    assert sorted(learning_rate) == list(range(1, 9))
+    for step, value in by_hand.items():
+        assert learning_rate[step] == pytest.approx(value, rel=1e-6), step
+    assert learning_rate[5] == pytest.approx(1e-3, rel=1e-7)  # the restart shows
+    loss = {m.step: m.value for m in client.get_metric_history(run_id, "step/loss")}
+    assert sorted(loss) == list(range(1, 9))
+    records = read_metrics(workdir)  # an epoch's train loss is the mean of its steps'
+    assert np.mean([loss[s] for s in range(1, 5)]) == pytest.approx(records[0]["train_loss"],
+                                                                    rel=1e-5)
+    assert np.mean([loss[s] for s in range(5, 9)]) == pytest.approx(records[1]["train_loss"],
+                                                                    rel=1e-5)
+
+
 def test_logged_model_predicts_like_the_export(tracked_run):
     workdir, _ = tracked_run
     mlflow.set_tracking_uri(tracking.workdir_uri(workdir))
@@ -96,6 +119,10 @@ def test_logged_model_predicts_like_the_export(tracked_run):
     slices = np.stack(synthetic_slices(2, 48, seed=9).images).astype(np.float32)
     masks = model.predict(slices)
     assert masks.shape == (2, 48, 48) and masks.dtype == np.uint8
+    # One slice (H, W) gives its (H, W) mask, as in the stack; float64 HU are taken too.
+    one = model.predict(slices[1].astype(np.float64))
+    assert one.shape == (48, 48) and one.dtype == np.uint8
+    np.testing.assert_array_equal(one, masks[1])
     export = exported.ExportedModel(os.path.join(workdir, tracking.EXPORT_DIR))
     inputs = preprocess.preprocess_images(list(slices), 32, (-1350.0, 150.0), 1)
     probability, _ = predict.segment(export, preprocess.window(slices, -1350.0, 150.0))

@@ -1,8 +1,8 @@
 """A one-line progress display (steps, loss, speed, ETA) for interactive terminals only.
 
 Drawn with rich (a dependency of flax) below the log: while the bar is shown, log lines
-(absl's handler, any ``logging.StreamHandler`` on stderr, and whatever is written to
-``sys.stderr``) go through rich's console, which prints them above the bar instead of
+(absl's handler, any logger's ``logging.StreamHandler`` on stderr, and whatever is written
+to ``sys.stderr``) go through rich's console, which prints them above the bar instead of
 through it. Off a terminal (a pipe, a file, CI) nothing is drawn and nothing is redirected.
 
 The speed and ETA count only the steps after the first drawn call: the first call of a
@@ -64,12 +64,17 @@ def stats_text(rate: Rate, total: int, images_per_step: int, loss: float | None)
 
 
 def _stream_handlers():
-    """The ``logging.StreamHandler``s of the root logger, absl's included."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, absl_logging.ABSLHandler):
-            handler = handler.python_handler
-        if isinstance(handler, logging.StreamHandler):
-            yield handler
+    """The ``logging.StreamHandler``s of every logger (absl's on the root, and those that
+    libraries such as MLflow attach to their own loggers)."""
+    loggers = [logging.getLogger(), *(logger for logger in
+                                      list(logging.Logger.manager.loggerDict.values())
+                                      if isinstance(logger, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, absl_logging.ABSLHandler):
+                handler = handler.python_handler
+            if isinstance(handler, logging.StreamHandler):
+                yield handler
 
 
 class Progress:

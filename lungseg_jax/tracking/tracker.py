@@ -1,27 +1,38 @@
 """MLflow tracking of a training run, turned on by ``config.tracking.mlflow``.
 
-Logs the flattened config as params, each epoch's record (``metrics.jsonl``) as
-metrics at its step, and at the end ``config.json``, ``metrics.jsonl``, the
+Logs the flattened config as params, each step's measurements (``step/loss``,
+``step/learning_rate``, ``step/grad_norm``) and each epoch's record (``metrics.jsonl``)
+as metrics at their step, and at the end ``config.json``, ``metrics.jsonl``, the
 evaluation (when one was run) and the exported snapshot ensemble as an MLflow
-pyfunc model. The tracking URI is ``$MLFLOW_TRACKING_URI`` or a sqlite file in
-the workdir, so no server is needed; a ``gs://`` workdir needs ``$MLFLOW_TRACKING_URI``
-(refused before training otherwise). The run id is kept in ``WORKDIR/mlflow_run_id``:
-a resumed training continues the same MLflow run. Only process 0 logs.
+pyfunc model (once: a finished run re-run does not log it again). The tracking URI is
+``$MLFLOW_TRACKING_URI`` or a sqlite file in the workdir, so no server is needed; a
+``gs://`` workdir needs ``$MLFLOW_TRACKING_URI`` (refused before training otherwise).
+The run id is kept in ``WORKDIR/mlflow_run_id``: a resumed training continues the same
+MLflow run, and ``log_evaluation`` (the evaluate command) logs to it. Only process 0 logs.
 """
 
 import json
+import logging as py_logging
 import numbers
 import os
 import pathlib
 import re
+import shutil
+import tempfile
+import time
 
 import jax
+import numpy as np
+from absl import logging
 from etils import epath
 
 from lungseg_jax.core.files import is_local
 
 RUN_ID_FILE = "mlflow_run_id"
 EXPORT_DIR = "export"
+MODEL_NAME = "model"
+STEP_PREFIX = "step"  # per-step metrics: step/loss, step/learning_rate, step/grad_norm
+EVAL_PREFIX = "eval"  # the evaluate command's metrics and report files
 INSTALL_HINT = 'pip install -e ".[mlflow]"'
 BAD_NAME_CHARS = re.compile(r"[^\w\-. :/]")  # what MLflow refuses in metric names
 
@@ -33,6 +44,8 @@ def import_mlflow():
     except ImportError as e:
         raise ImportError(f"config.tracking.mlflow=True needs MLflow, which is not installed: "
                           f"{INSTALL_HINT}") from e
+    if logging.get_verbosity() < 1:  # its INFO (the store's set-up) stays out of the console
+        py_logging.getLogger("mlflow").setLevel(py_logging.WARNING)
     return mlflow
 
 
@@ -142,6 +155,20 @@ class Tracker:
             mlflow.create_experiment(name, artifact_location=location)
         mlflow.set_experiment(name)
 
+    def log_steps(self, first_step: int, values: dict) -> None:
+        """``values``: ``{name: array}`` of consecutive steps, the first ``first_step + 1``,
+        logged as ``step/<name>`` at each step (as the TensorBoard events)."""
+        if not self.enabled:
+            return
+        self._start()
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        metrics = [Metric(f"{STEP_PREFIX}/{name}", float(value), timestamp, first_step + 1 + i)
+                   for name, series in values.items()
+                   for i, value in enumerate(np.asarray(series))]
+        self.mlflow.tracking.MlflowClient().log_batch(self.run_id, metrics=metrics)
+
     def log_epoch(self, record: dict) -> None:
         """One ``metrics.jsonl`` record as metrics at its ``step``."""
         if not self.enabled:
@@ -164,6 +191,69 @@ class Tracker:
         if evaluation is not None:
             self.mlflow.log_metrics(evaluation_metrics(evaluation))
             self.mlflow.log_dict(evaluation, "evaluation.json")
+        if self.logged_models():
+            logging.info("MLflow run %s already has its model; not logged again.", self.run_id)
+            return
         export_dir = epath.Path(self.workdir) / EXPORT_DIR
         export.export_workdir(self.workdir, export_dir, overwrite=True)
-        mlflow_model.log_model(os.fspath(export_dir))  # mlflow downloads a gs:// directory
+        mlflow_model.log_model(os.fspath(export_dir), MODEL_NAME)  # mlflow downloads gs://
+
+    def logged_models(self) -> list:
+        """The models named ``MODEL_NAME`` logged by this run."""
+        experiment_id = self.mlflow.get_run(self.run_id).info.experiment_id
+        return self.mlflow.search_logged_models(
+            experiment_ids=[experiment_id], output_format="list",
+            filter_string=f"source_run_id = '{self.run_id}' AND name = '{MODEL_NAME}'")
+
+
+def tracked_run_id(workdir: str) -> str | None:
+    """The MLflow run id a tracked training recorded in ``workdir`` (None: not tracked)."""
+    path = epath.Path(workdir) / RUN_ID_FILE
+    if not path.exists():
+        return None
+    return path.read_text().strip() or None
+
+
+def log_evaluation(workdir: str, result: dict, files: list) -> str | None:
+    """Logs an evaluation of ``workdir``'s weights to its training run's MLflow run, when
+    that run was tracked: the numbers of ``result`` as ``eval/...`` metrics and ``files``
+    (the JSON and the report) as artifacts in ``eval/``. Returns the run id, or None when
+    nothing was logged (not tracked; or a warning says why not)."""
+    run_id = tracked_run_id(workdir)
+    if run_id is None:
+        return None
+    try:
+        mlflow = import_mlflow()
+        uri = tracking_uri(workdir)
+    except (ImportError, ValueError) as e:
+        logging.warning("The evaluation is not logged to MLflow run %s: %s", run_id, e)
+        return None
+    if uri == workdir_uri(workdir) and not os.path.exists(uri[len("sqlite:///"):]):
+        logging.warning("The evaluation is not logged to MLflow run %s: %s does not exist; "
+                        "set MLFLOW_TRACKING_URI to the store the training logged to",
+                        run_id, uri)
+        return None
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.tracking.MlflowClient(uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        logging.warning("The evaluation is not logged: MLflow run %s is not in %s; set "
+                        "MLFLOW_TRACKING_URI to the store the training logged to", run_id, uri)
+        return None
+    timestamp = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(name, value, timestamp, 0) for name, value in
+                                      evaluation_metrics(result, EVAL_PREFIX).items()])
+    with tempfile.TemporaryDirectory() as local:
+        for file in files:
+            path = epath.Path(file)
+            if not is_local(os.fspath(file)):  # an object store's file: through a local copy
+                copy = os.path.join(local, path.name)
+                with path.open("rb") as src, open(copy, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                file = copy
+            client.log_artifact(run_id, os.fspath(file), EVAL_PREFIX)
+    logging.info("Evaluation logged to MLflow run %s (%s).", run_id, uri)
+    return run_id

@@ -206,6 +206,23 @@ def epoch_record(state, history: list, steps_per_epoch: int, start_time: float,
             "epoch_seconds": seconds}
 
 
+def run_summary(workdir, wall_seconds: float, places: list) -> str:
+    """The few lines the train command ends with: the best validation pooled IoU (and its
+    epoch) and the final one, from ``WORKDIR/metrics.jsonl``; the command's wall time; the
+    checkpoints' folder, then ``places``: (label, location) pairs such as TensorBoard's."""
+    records_ = records.read_metrics(workdir)
+    lines = [f"Run summary ({len(records_)} epochs recorded; wall time "
+             f"{progress.format_seconds(wall_seconds)} for this command):"]
+    if records_:
+        best = max(records_, key=lambda r: r["val_pooled_iou"])  # the first of equals
+        for label, record in (("best", best), ("final", records_[-1])):
+            lines.append(f"  {label + ' validation pooled IoU':<28}{record['val_pooled_iou']:.4f}"
+                         f" (epoch {record['epoch']}, step {record['step']})")
+    for label, location in [("checkpoints", checkpoints.checkpoint_dir(workdir)), *places]:
+        lines.append(f"  {label:<28}{location}")
+    return "\n".join(lines)
+
+
 def format_record(record: dict, num_epochs: int) -> str:
     return (f"epoch {record['epoch']}/{num_epochs} step {record['step']}: "
             f"train_loss {record['train_loss']:.4f}  val_loss {record['val_loss']:.4f}  "
