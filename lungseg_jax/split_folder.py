@@ -30,9 +30,8 @@ def main(argv):
     listed = errata.errata_file(FLAGS.errata)
     counts = splits.split_folder(FLAGS.source, FLAGS.output, FLAGS.test_fraction, FLAGS.seed,
                                  listed)
-    left_out = errata.describe(counts["left_out"], errata.load_errata(listed))
     print(f"{FLAGS.output}/train: {counts['train']} slices, {FLAGS.output}/test: "
-          f"{counts['test']} slices; {left_out}")
+          f"{counts['test']} slices; {counts['left_out_why']}")
 
 
 def run():

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 
-from lungseg_jax.data.errata import BUILTIN, leave_out, load_errata
+from lungseg_jax.data.errata import BUILTIN, describe, leave_out, load_errata
 from lungseg_jax.data.slices import IMAGE_DIR, MASK_DIR, paired_tiff_names
 
 
@@ -55,14 +55,15 @@ def split_folder(source: str, output: str, test_fraction: float, seed: int,
 
     Deterministic in ``seed``; nothing is copied. The slices of the ``errata`` file (the
     dataset's known label errors, ``data.errata``; None: none) are left out of both.
-    Returns {'train': n, 'test': n, 'left_out': [names]}. Refuses a ``test_fraction``
+    Returns {'train': n, 'test': n, 'left_out': [names], 'left_out_why': one line}. Refuses a ``test_fraction``
     outside (0, 1), a split that leaves either part empty, and an ``output`` that already
     holds a split (another split's links would mix in).
     """
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction={test_fraction}: expected a fraction between 0 and 1")
     images, masks = paired_tiff_names(source)
-    names, left_out = leave_out(sorted(images), load_errata(errata))
+    known = load_errata(errata)
+    names, left_out = leave_out(sorted(images), known)
     train_idx, test_idx = split_indices(len(names), test_fraction, seed)
     if len(train_idx) == 0 or len(test_idx) == 0:
         raise ValueError(f"{len(names)} slices with test_fraction={test_fraction} leave an "
@@ -77,4 +78,5 @@ def split_folder(source: str, output: str, test_fraction: float, seed: int,
             for i in indices:
                 target = os.path.abspath(files[names[i]])
                 os.symlink(target, os.path.join(output, part, sub, os.path.basename(target)))
-    return {"train": len(train_idx), "test": len(test_idx), "left_out": left_out}
+    return {"train": len(train_idx), "test": len(test_idx), "left_out": left_out,
+            "left_out_why": describe(left_out, known)}

@@ -150,11 +150,17 @@ OP_SETS = tuple(SETS)
 
 def create_model(model_config) -> UNet:
     """The model named by ``config.model`` (``name``, ``features``, ``bn_momentum``,
-    ``dtype``, ``ops``; a config recorded before ``ops`` existed gets 'fast')."""
+    ``dtype``, ``ops``)."""
     return MODELS[model_config.name](features=tuple(model_config.features),
                                      bn_momentum=model_config.bn_momentum,
-                                     ops=model_config.get("ops", "fast"),
+                                     ops=model_config.ops,
                                      dtype=jnp.dtype(model_config.dtype))
+
+
+def init_variables(model: UNet, key, image_size: int, channels: int) -> dict:
+    """``model``'s initial variables (``params``, ``batch_stats``) for square inputs of
+    ``image_size`` with ``channels``; under ``jax.eval_shape``, just their shapes."""
+    return model.init(key, jnp.zeros((1, image_size, image_size, channels)), train=False)
 
 
 def probability_fn(model: UNet):

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lungseg_jax.model.unet import create_model
+from lungseg_jax.model.unet import create_model, init_variables
 from lungseg_jax.ops import conv, policy, reference
 from lungseg_jax.perf import op_profile
 from lungseg_jax.training.config_checks import check_config, check_mesh
@@ -71,9 +71,7 @@ def forward_conv_flops(model, image_size: int, channels: int) -> int:
         return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(count):
-        jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                          jnp.zeros((1, image_size, image_size, channels)),
-                                          train=False))
+        jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_size, channels))
     return sum(flops)
 
 

@@ -4,11 +4,10 @@ for a cross-validation folder (``rundir.folds``), every fold's, as one fold ense
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 from etils import epath
 
-from lungseg_jax.model.unet import UNet, create_model
+from lungseg_jax.model.unet import UNet, create_model, init_variables
 from lungseg_jax.rundir import checkpoints, folds, records
 
 
@@ -42,8 +41,7 @@ def abstract_variables(model: UNet, data_config, sharding) -> dict:
     """Shapes and dtypes of ``model``'s variables for ``config.data``'s inputs, placed by
     ``sharding``: what restoring them needs."""
     size, channels = data_config.image_size, data_config.channels
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                               jnp.zeros((1, size, size, channels)), train=False))
+    shapes = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), size, channels))
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                         dict(shapes))
 

@@ -8,6 +8,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
+from lungseg_jax.model.unet import init_variables
 from lungseg_jax.training import schedules
 from lungseg_jax.training.mesh import replicated
 
@@ -39,7 +40,7 @@ def create_train_state(config, model, tx, mesh: Mesh) -> TrainState:
     size, channels = config.data.image_size, config.data.channels
 
     def init():
-        variables = model.init(init_key, jnp.zeros((1, size, size, channels)), train=False)
+        variables = init_variables(model, init_key, size, channels)
         return TrainState.create(apply_fn=model.apply, params=variables["params"],
                                  batch_stats=variables["batch_stats"], tx=tx,
                                  epoch_sums=jnp.zeros(2))
