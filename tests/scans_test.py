@@ -271,7 +271,7 @@ def dicom_pixels_world(position, orientation, shape=(SIZE, SIZE)):
 
 
 def write_dicom(path, hu, position, orientation, series="1.2.826.0.1.3680043.10.1",
-                slope=2.0, intercept=-1024.0, thickness=2.0):
+                slope=0.25, intercept=-1024.0, thickness=2.0):
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -284,6 +284,8 @@ def write_dicom(path, hu, position, orientation, series="1.2.826.0.1.3680043.10.
     ds.ImagePositionPatient = list(position)
     ds.PixelSpacing = list(DICOM_SPACING)
     ds.SliceThickness = thickness  # not the gap between positions (3 mm): never used for it
+    # Stored values (HU + 1024) / 0.25: read without the slope, the lungs (-850 HU) would be
+    # -328 HU and the body; without the intercept, both would be bright.
     ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     ds.set_pixel_data(np.rint((hu - intercept) / slope).astype(np.uint16), "MONOCHROME2", 16)
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
@@ -357,8 +359,9 @@ def test_dicom_sides_and_the_affine_built_from_its_geometry(below, tmp_path):
     labels = np.asarray(image.dataobj)
     assert sorted(np.unique(labels)) == [0, 1, 2]
     # Right lung 10 columns x 20 rows x 5 slices, left 10 x 21 x 4, voxels of 1.68 mm³.
-    assert result["sides"] == {"right": {"lung_voxels": 1000, "lung_volume_ml": pytest.approx(1.68)},
-                               "left": {"lung_voxels": 840, "lung_volume_ml": pytest.approx(1.4112)}}
+    assert result["sides"] == {
+        "right": {"lung_voxels": 1000, "lung_volume_ml": pytest.approx(1.68)},
+        "left": {"lung_voxels": 840, "lung_volume_ml": pytest.approx(1.4112)}}
     world = np.stack([dicom_pixels_world((-12.0, -10.0, DICOM_Z0 + DICOM_GAP * k),
                                          DICOM_ORIENTATIONS["standard"][0]) for k in range(5)])
     right, left = dicom_world_lungs(world)

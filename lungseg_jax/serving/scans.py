@@ -362,13 +362,11 @@ def dicom_affine(position: np.ndarray, orientation: np.ndarray, pixel_spacing: n
     return LPS_TO_RAS @ lps
 
 
-def _read_dicom(path: str, hu_window: tuple) -> Scan:
-    pydicom = _import("pydicom", path, "dicom")
-    _import("nibabel", path, "dicom")  # the masks are written as NIfTI
+def _dicom_datasets(path: str, pydicom) -> tuple:
+    """(file names, datasets) of the ``.dcm`` files of folder ``path`` (or file ``path``):
+    one series."""
     names = ([f for f in _folder_files(path) if kind_of(f) == "dicom"] if os.path.isdir(path)
              else [path])
-    if not names:
-        raise InputError(f"{path}: no .dcm files")
     datasets = []
     for name in names:
         with _reading(name):
@@ -377,74 +375,100 @@ def _read_dicom(path: str, hu_window: tuple) -> Scan:
     if len(series) > 1:
         raise InputError(f"{path}: holds {len(series)} series (SeriesInstanceUID "
                          f"{', '.join(series)}): give one series per folder")
-    orientation = _floats(datasets[0], "ImageOrientationPatient", 6, names[0])
-    spacing = _floats(datasets[0], "PixelSpacing", 2, names[0])
-    row, column = orientation[:3], orientation[3:]
-    normal = np.cross(row, column)
-    if int(np.argmax(np.abs(normal))) != 2:
+    return names, datasets
+
+
+def _axial_normal(path: str, orientation: np.ndarray) -> np.ndarray:
+    """The slice normal (row direction x column direction); InputError unless closest to
+    the superior-inferior axis."""
+    normal = np.cross(orientation[:3], orientation[3:])
+    closest = int(np.argmax(np.abs(normal)))
+    if closest != 2:
         raise InputError(f"{path}: not an axial series: its slice normal "
                          f"{tuple(round(float(v), 3) + 0.0 for v in normal)} (from "
-                         f"ImageOrientationPatient {tuple(float(v) + 0.0 for v in orientation)}) is "
-                         f"closest to the {AXIS_NAMES[int(np.argmax(np.abs(normal)))]} axis; "
-                         "only axial series are supported")
-    images, positions = [], []
-    for name, ds in zip(names, datasets):
-        if not np.allclose(_floats(ds, "ImageOrientationPatient", 6, name), orientation,
-                           atol=COSINE_TOLERANCE):
-            raise InputError(f"{path}: slices of several orientations (ImageOrientationPatient "
-                             f"of {os.path.basename(name)} differs from "
-                             f"{os.path.basename(names[0])}'s)")
-        if not np.allclose(_floats(ds, "PixelSpacing", 2, name), spacing):
-            raise InputError(f"{path}: slices of several pixel spacings (PixelSpacing of "
-                             f"{os.path.basename(name)} differs from {os.path.basename(names[0])}'s)")
-        positions.append(_floats(ds, "ImagePositionPatient", 3, name))
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise InputError(f"{name}: a multi-frame image ({ds.NumberOfFrames} frames); expected "
-                             "one slice per file")
-        with _reading(name):
-            pixels = ds.pixel_array
-        pixels = _slice_2d(pixels, name)
-        slope, intercept = (_number(ds, "RescaleSlope", 1.0, name),
-                            _number(ds, "RescaleIntercept", 0.0, name))
-        if slope == 0:
-            raise InputError(f"{name}: RescaleSlope is 0")
-        images.append(pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept))
-        if images[-1].shape != images[0].shape:
-            raise InputError(f"{path}: slices of several sizes ({os.path.basename(name)} is "
-                             f"{images[-1].shape}, {os.path.basename(names[0])} {images[0].shape})")
+                         "ImageOrientationPatient "
+                         f"{tuple(float(v) + 0.0 for v in orientation)}) is closest to the "
+                         f"{AXIS_NAMES[closest]} axis; only axial series are supported")
+    return normal
+
+
+def _dicom_slice(path: str, name: str, ds, first: tuple) -> tuple:
+    """(Hounsfield slice, ImagePositionPatient) of one file of series ``path``; ``first``:
+    the first file's (name, ImageOrientationPatient, PixelSpacing), which every file shares."""
+    first_name, orientation, spacing = first
+    differs = f"of {os.path.basename(name)} differs from {os.path.basename(first_name)}'s"
+    if not np.allclose(_floats(ds, "ImageOrientationPatient", 6, name), orientation,
+                       atol=COSINE_TOLERANCE):
+        raise InputError(f"{path}: slices of several orientations (ImageOrientationPatient "
+                         f"{differs})")
+    if not np.allclose(_floats(ds, "PixelSpacing", 2, name), spacing):
+        raise InputError(f"{path}: slices of several pixel spacings (PixelSpacing {differs})")
+    position = _floats(ds, "ImagePositionPatient", 3, name)
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise InputError(f"{name}: a multi-frame image ({ds.NumberOfFrames} frames); expected "
+                         "one slice per file")
+    with _reading(name):
+        pixels = _slice_2d(ds.pixel_array, name)
+    slope = _number(ds, "RescaleSlope", 1.0, name)
+    if slope == 0:
+        raise InputError(f"{name}: RescaleSlope is 0")
+    intercept = _number(ds, "RescaleIntercept", 0.0, name)
+    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept), position
+
+
+def _slice_order(path: str, names: list, positions: list, normal: np.ndarray) -> np.ndarray:
+    """The slices' order along ``normal``; InputError for two at one position or uneven gaps."""
     along = np.array([p @ normal for p in positions])
     order = np.argsort(along, kind="stable")
     along, gaps = along[order], np.diff(along[order])
-    ordered = [names[i] for i in order]
     if np.any(gaps < GAP_TOLERANCE[1]):
         i = int(np.flatnonzero(gaps < GAP_TOLERANCE[1])[0])
         raise InputError(f"{path}: two slices at one position ({along[i]:.3f} mm along the "
-                         f"slice normal): {os.path.basename(ordered[i])} and "
-                         f"{os.path.basename(ordered[i + 1])} (several acquisitions?)")
+                         f"slice normal): {os.path.basename(names[order[i]])} and "
+                         f"{os.path.basename(names[order[i + 1]])} (several acquisitions?)")
     if len(gaps):
         median = float(np.median(gaps))
         if np.any(np.abs(gaps - median) > max(GAP_TOLERANCE[0] * median, GAP_TOLERANCE[1])):
             raise InputError(f"{path}: uneven slice positions: gaps from {gaps.min():.3f} to "
                              f"{gaps.max():.3f} mm along the slice normal (a missing slice?)")
-        step = (positions[order[-1]] - positions[order[0]]) / len(gaps)
+    return order
+
+
+def _read_dicom(path: str, hu_window: tuple) -> Scan:
+    """One axial series (a folder of ``.dcm`` files, or one file) as a Scan whose geometry
+    is ``dicom_affine``'s; one slice is measured as a slice (mm²), several as a volume."""
+    pydicom = _import("pydicom", path, "dicom")
+    _import("nibabel", path, "dicom")  # the masks are written as NIfTI
+    names, datasets = _dicom_datasets(path, pydicom)
+    if not names:
+        raise InputError(f"{path}: no .dcm files")
+    orientation = _floats(datasets[0], "ImageOrientationPatient", 6, names[0])
+    spacing = _floats(datasets[0], "PixelSpacing", 2, names[0])
+    normal = _axial_normal(path, orientation)
+    images, positions = zip(*[_dicom_slice(path, name, ds, (names[0], orientation, spacing))
+                              for name, ds in zip(names, datasets)])
+    for name, image in zip(names, images):
+        if image.shape != images[0].shape:
+            raise InputError(f"{path}: slices of several sizes ({os.path.basename(name)} is "
+                             f"{image.shape}, {os.path.basename(names[0])} {images[0].shape})")
+    order = _slice_order(path, names, positions, normal)
+    if len(order) > 1:  # from one slice's position to the next (with a gantry tilt's shear)
+        step = (positions[order[-1]] - positions[order[0]]) / (len(order) - 1)
     else:  # one slice: its thickness, for the NIfTI header only
         ds = datasets[0]
-        thickness = float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
-        step = normal * thickness
+        step = normal * float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
     # The NIfTI array (column, row, slice): voxel (i, j, k) is pixel (j, i) of slice k.
-    values = np.stack([images[i] for i in order], axis=-1).transpose(1, 0, 2)
-    values = _volume_array(values, path)
+    values = _volume_array(np.stack([images[i] for i in order], axis=-1).transpose(1, 0, 2),
+                           path)
     geometry = Geometry(dicom_affine(positions[order[0]], orientation, spacing, step),
                         values.shape)
-    slices = window(geometry.to_slices(values), *hu_window)
     modality = str(datasets[0].get("Modality", "CT"))
     warnings = [] if modality == "CT" else [
         f"{path}: Modality is {modality!r}, not CT: its values may not be Hounsfield units"]
-    if len(images) == 1:
-        return Scan(slices, DICOM_OUTPUT_SUFFIX, geometry.spacing_mm[:2], False, geometry,
-                    warnings=warnings)
-    return Scan(slices, DICOM_OUTPUT_SUFFIX, geometry.spacing_mm, True, geometry,
-                warnings=warnings)
+    is_volume = len(order) > 1
+    return Scan(window(geometry.to_slices(values), *hu_window), DICOM_OUTPUT_SUFFIX,
+                geometry.spacing_mm if is_volume else geometry.spacing_mm[:2], is_volume,
+                geometry, warnings=warnings)
 
 
 def read_scan(path: str, hu_window: tuple, spacing_mm: float | None = None) -> Scan:
