@@ -78,3 +78,13 @@ def test_random_params_respect_ranges():
         assert 0.9 <= float(zoom.min()) < 0.91 and 1.09 < float(zoom.max()) <= 1.1
     no_flip = augment.random_params(jax.random.key(0), 100, flip=False, shift=0.1, zoom=0.1)
     assert not bool(no_flip[0].any() or no_flip[1].any())
+
+
+def test_soft_masks_move_like_the_image_and_stay_fractional():
+    images, _ = batch(seed=3, size=10)
+    soft = images[..., :1]  # fractions in [0, 1]
+    moved = params(2, flip_y=True, shift_x=0.2)
+    out_images, out_soft = augment.apply_params(images, soft, moved, soft_masks=True)
+    np.testing.assert_allclose(out_soft, out_images[..., :1], atol=1e-6)
+    _, binary = augment.apply_params(images, soft, moved)
+    np.testing.assert_array_equal(binary, (out_images[..., :1] >= 0.5).astype(np.float32))

@@ -247,3 +247,15 @@ def test_split_folder_refuses_unpaired_files(tmp_path):
     os.remove(source / "2d_masks" / "phantom_0002.tif")
     with pytest.raises(ValueError, match="phantom_0002"):
         splits.split_folder(str(source), str(tmp_path / "split"), 0.25, seed=0)
+
+
+def test_mask_targets_are_area_fractions_soft_or_thresholded():
+    from lungseg_jax.data.preprocess import preprocess_masks
+
+    mask = np.zeros((8, 8), np.uint8)
+    mask[0:3, 0:4] = 255  # 2x2 blocks at 4x4: fractions 1, 1, 0.5, 0.5 in the top-left
+    soft = preprocess_masks([mask], 4, soft=True)[0, ..., 0]
+    expected = np.zeros((4, 4), np.float32)
+    expected[0, :2], expected[1, :2] = 1.0, 0.5
+    np.testing.assert_array_equal(soft, expected)
+    np.testing.assert_array_equal(preprocess_masks([mask], 4)[0, ..., 0], expected >= 0.5)

@@ -39,6 +39,11 @@ def get_config():
     config.data.tfds_data_dir = ""
     # Training resolution (square); evaluation always reports at the masks' own size.
     config.data.image_size = 64
+    # Training targets: each mask area-averaged to image_size, then thresholded at 0.5 (the
+    # study's binary targets) or, with soft_masks, kept as the fraction of lung per pixel.
+    # Binary targets at 128 cap the pooled IoU at 512 near 0.979 even for a model that
+    # reproduces them exactly; soft ones keep the boundary's sub-pixel position (0.995).
+    config.data.soft_masks = False
     # 1 (CT is grey) or 3 (copies, as the study fed RGB).
     config.data.channels = 1
     # Hounsfield window mapped to [0, 1]: the lung window (level -600, width 1500).

@@ -4,7 +4,7 @@ Every transform here is axis-aligned (a flip, shift and zoom per axis), so the
 bilinear resampling of an (H, W) plane is separable: ``out = Ry @ img @ Rx.T``
 with two small interpolation matrices. That is two matmuls per image instead
 of a gather, exact for flips and whole-pixel shifts, and the same matrices
-move the mask (re-binarised at 0.5), so image and mask stay aligned.
+move the mask (re-binarised at 0.5 unless it is soft), so image and mask stay aligned.
 Out-of-range source pixels take the nearest edge value (Keras' 'nearest' fill).
 """
 
@@ -36,8 +36,9 @@ def random_params(rng, batch: int, flip: bool, shift: float, zoom: float):
     return flips[0], flips[1], shifts[0], shifts[1], zooms[0], zooms[1]
 
 
-def apply_params(images, masks, params):
-    """Resamples images (B, H, W, C) and masks (B, H, W, 1) with per-image params."""
+def apply_params(images, masks, params, soft_masks: bool = False):
+    """Resamples images (B, H, W, C) and masks (B, H, W, 1) with per-image params; masks
+    are re-binarised at 0.5 unless ``soft_masks`` (lung fractions, kept fractional)."""
     flip_y, flip_x, shift_y, shift_x, zoom_y, zoom_x = params
     _, h, w, _ = images.shape
     ry = jax.vmap(lambda f, s, z: interpolation_matrix(h, f, s, z))(flip_y, shift_y, zoom_y)
@@ -46,13 +47,14 @@ def apply_params(images, masks, params):
     def resample(x):
         return jnp.einsum("bij,bjkc,blk->bilc", ry, x, rx, precision=jax.lax.Precision.HIGHEST)
 
-    return resample(images), (resample(masks) >= 0.5).astype(masks.dtype)
+    moved = resample(masks)
+    return resample(images), moved if soft_masks else (moved >= 0.5).astype(masks.dtype)
 
 
-def augment(rng, images, masks, aug_config):
+def augment(rng, images, masks, aug_config, soft_masks: bool = False):
     """Random flips, shifts and zooms as configured by ``config.augment``."""
     if not aug_config.enabled:
         return images, masks
     params = random_params(rng, images.shape[0], aug_config.flip, aug_config.shift,
                            aug_config.zoom)
-    return apply_params(images, masks, params)
+    return apply_params(images, masks, params, soft_masks)

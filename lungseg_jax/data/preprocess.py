@@ -36,14 +36,17 @@ def preprocess_images(images: Sequence[np.ndarray], image_size: int,
     return np.repeat(out[..., None], channels, axis=-1).astype(np.float32)
 
 
-def preprocess_masks(masks: Sequence[np.ndarray], image_size: int) -> np.ndarray:
-    """Training targets (N, S, S, 1) float32 0/1."""
-    out = np.stack([resize_image(m.astype(np.float32), image_size) >= 0.5 for m in masks])
-    return out[..., None].astype(np.float32)
+def preprocess_masks(masks: Sequence[np.ndarray], image_size: int,
+                     soft: bool = False) -> np.ndarray:
+    """Training targets (N, S, S, 1) float32: each mask area-averaged to the size, as the
+    fraction of lung in each pixel (``soft``) or that fraction thresholded at 0.5 (0/1)."""
+    out = np.stack([resize_image((m > 0).astype(np.float32), image_size) for m in masks])
+    return (out if soft else out >= 0.5)[..., None].astype(np.float32)
 
 
 def preprocess(slices: Slices, data_config):
     """(images, masks) of ``slices`` as configured by ``config.data``."""
     images = preprocess_images(slices.images, data_config.image_size,
                                (data_config.hu_min, data_config.hu_max), data_config.channels)
-    return images, preprocess_masks(slices.masks, data_config.image_size)
+    return images, preprocess_masks(slices.masks, data_config.image_size,
+                                    data_config.soft_masks)

@@ -21,7 +21,7 @@ RESUMABLE_KEYS = ("tracking", "steps_per_call", "model.ops", "data.sanity_checks
 # Fields added after workdirs were first written, with what a run recorded before them did
 # (``load_config`` fills them in, so the code reads every field directly).
 ADDED_FIELDS = {"model.ops": "fast", "data.errata": "none", "data.sanity_checks": True,
-                "data.cv.folds": 0,
+                "data.soft_masks": False, "data.cv.folds": 0,
                 "data.cv.fold": 0, "data.cv.group_pattern": r"^(ID_\d+)"}
 
 

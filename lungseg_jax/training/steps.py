@@ -56,7 +56,8 @@ def augmented_batch(train_data: DeviceData, step, config, mesh: Mesh, steps_per_
                                steps_per_epoch=steps_per_epoch)
     images = jax.lax.with_sharding_constraint(images, batch_sharded(mesh))
     masks = jax.lax.with_sharding_constraint(masks, batch_sharded(mesh))
-    return augment.augment(jax.random.fold_in(aug_key, step), images, masks, config.augment)
+    return augment.augment(jax.random.fold_in(aug_key, step), images, masks, config.augment,
+                           config.data.soft_masks)
 
 
 def train_step_fn(config, mesh: Mesh, steps_per_epoch: int, learning_rate_fn):
