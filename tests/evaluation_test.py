@@ -208,8 +208,8 @@ def test_variants_validation_winner_and_report_files(workdir, test_dir, tmp_path
     with open(prefix + ".csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == [f"phantom_{i:04d}" for i in range(5)]
-    assert list(rows[0]) == ["name", "iou", "dice", "hd95", "intersection", "union",
-                             "predicted", "true"]
+    assert list(rows[0]) == ["name", "iou", "dice", "hd95", "hd95_mm", "intersection",
+                             "union", "predicted", "true"]
     scores = result["variants"][result["report_variant"]]
     counts = np.array([[int(r[k]) for k in ("intersection", "union")] for r in rows])
     np.testing.assert_allclose(counts[:, 0].sum() / counts[:, 1].sum(), scores["pooled_iou"])

@@ -48,6 +48,29 @@ class Slices:
                       [self.masks[i] for i in indices])
 
 
+# TIFF ResolutionUnit CENTIMETER; inch (2) is usually a display default, not a real spacing.
+TIFF_UNIT_MM = {3: 10.0}
+
+
+def tiff_page_spacing_mm(page) -> tuple | None:
+    """(row, column) pixel spacing in mm of a tifffile page's resolution tags in
+    centimetres, else None."""
+    x, y, unit = (page.tags.get(n) for n in ("XResolution", "YResolution", "ResolutionUnit"))
+    if x is None or y is None or unit is None:
+        return None
+    unit_mm = TIFF_UNIT_MM.get(int(unit.value))
+    (xn, xd), (yn, yd) = x.value, y.value
+    if unit_mm is None or not xn or not yn:
+        return None
+    return (unit_mm * yd / yn, unit_mm * xd / xn)
+
+
+def tiff_spacing_mm(path: str) -> tuple | None:
+    """``tiff_page_spacing_mm`` of the TIFF file ``path``'s first page."""
+    with tifffile.TiffFile(path) as tif:
+        return tiff_page_spacing_mm(tif.pages[0])
+
+
 def as_slice(array: np.ndarray, path: str) -> np.ndarray:
     """``array`` squeezed to a 2-D slice of finite numbers; ValueError naming ``path``
     (and the first bad pixel) otherwise."""

@@ -23,7 +23,6 @@ import math
 
 import cv2
 import matplotlib
-import tifffile
 from etils import epath
 from matplotlib import patches, ticker
 from scipy import ndimage
@@ -35,11 +34,10 @@ import numpy as np  # noqa: E402
 from lungseg_jax.core import metrics  # noqa: E402
 from lungseg_jax.core.files import absolute  # noqa: E402
 from lungseg_jax.data.preprocess import window  # noqa: E402
-from lungseg_jax.data.slices import Slices, paired_tiff_names  # noqa: E402
+from lungseg_jax.data.slices import Slices, paired_tiff_names, tiff_spacing_mm  # noqa: E402
 from lungseg_jax.rundir.records import read_metrics  # noqa: E402
 
 NUM_OVERLAYS = 3  # worst and best slices drawn each
-TIFF_UNIT_MM = {3: 10.0}  # ResolutionUnit CENTIMETER; inch (2) is usually a display default
 CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
 
@@ -69,21 +67,6 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple | None = None) -> f
         return ndimage.distance_transform_edt(~s, sampling=spacing)  # in mm, per axis
 
     return float(np.percentile(np.concatenate([distance_to(b)[a], distance_to(a)[b]]), 95))
-
-
-def tiff_spacing_mm(path: str) -> tuple | None:
-    """(row, column) pixel spacing in mm of a TIFF's resolution tags in centimetres, else
-    None (the convention of ``serving.predict``'s TIFF reader)."""
-    with tifffile.TiffFile(path) as tif:
-        tags = tif.pages[0].tags
-        x, y, unit = (tags.get(n) for n in ("XResolution", "YResolution", "ResolutionUnit"))
-        if x is None or y is None or unit is None:
-            return None
-        unit_mm = TIFF_UNIT_MM.get(int(unit.value))
-        (xn, xd), (yn, yd) = x.value, y.value
-    if unit_mm is None or not xn or not yn:
-        return None
-    return (unit_mm * yd / yn, unit_mm * xd / xn)
 
 
 def slice_spacings(names: list, data_dir: str | None, spacing_mm: float | None) -> list:

@@ -31,14 +31,13 @@ import tifffile
 
 from lungseg_jax.core import files
 from lungseg_jax.data.preprocess import window
-from lungseg_jax.data.slices import as_slice
+from lungseg_jax.data.slices import as_slice, tiff_page_spacing_mm
 
 SLICE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIX = ".dcm"
 SUFFIXES = SLICE_SUFFIXES + VOLUME_SUFFIXES + (DICOM_SUFFIX,)
 DICOM_OUTPUT_SUFFIX = ".nii.gz"
-TIFF_UNIT_MM = {3: 10.0}  # ResolutionUnit CENTIMETER; inch (2) is usually a display default
 # DICOM geometry tolerances: direction cosines that agree, and slice gaps that are even.
 COSINE_TOLERANCE = 1e-4
 GAP_TOLERANCE = (0.01, 0.01)  # relative, mm: a gap may differ from the median by the larger
@@ -259,17 +258,6 @@ def _volume_array(values: np.ndarray, path: str) -> np.ndarray:
         raise InputError(f"{path}: non-finite voxel value {values[tuple(bad)]} at array "
                          f"index {tuple(int(i) for i in bad)}")
     return values
-
-
-def _tiff_spacing(page) -> tuple | None:
-    x, y, unit = (page.tags.get(n) for n in ("XResolution", "YResolution", "ResolutionUnit"))
-    if x is None or y is None or unit is None:
-        return None
-    unit_mm = TIFF_UNIT_MM.get(int(unit.value))
-    (xn, xd), (yn, yd) = x.value, y.value
-    if unit_mm is None or not xn or not yn:
-        return None
-    return (unit_mm * yd / yn, unit_mm * xd / xn)
 
 
 def _read_png(path: str) -> np.ndarray:
@@ -503,7 +491,7 @@ def read_scan(path: str, hu_window: tuple, spacing_mm: float | None = None) -> S
             image, spacing = np.load(path, allow_pickle=False), None
     else:
         with _reading(path), tifffile.TiffFile(path) as tif:
-            image, spacing = tif.asarray(), _tiff_spacing(tif.pages[0])
+            image, spacing = tif.asarray(), tiff_page_spacing_mm(tif.pages[0])
     return Scan(window(_slice_2d(image, path), *hu_window)[None], suffix, spacing or given)
 
 
