@@ -22,6 +22,7 @@ from ml_collections import config_flags
 from lungseg_jax.configs import default as default_config
 from lungseg_jax.core import cli
 from lungseg_jax.core.files import is_local, write_atomic
+from lungseg_jax.rundir import records
 from lungseg_jax.tracking.tensorboard import TensorBoardWriter
 from lungseg_jax.tracking.tracker import Tracker, workdir_uri
 from lungseg_jax.training.config_checks import check_config
@@ -45,7 +46,9 @@ def main(argv):
     started = time.monotonic()
     cli.start(argv, cluster=True)
     check_config(FLAGS.config)  # a bad value is refused in one line, before the config's log
-    logging.info("Config:\n%s", FLAGS.config)
+    logging.info("Config: %s (every field: %s/config.json)", records.diff_configs(
+        *map(records.config_to_dict, (default_config.get_config(), FLAGS.config)))
+        or "the default", FLAGS.workdir)
     board_enabled = jax.process_index() == 0 and is_local(FLAGS.workdir)
     with Tracker(FLAGS.config, FLAGS.workdir) as tracker, \
             TensorBoardWriter(FLAGS.workdir, enabled=board_enabled) as board:

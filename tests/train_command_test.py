@@ -166,3 +166,14 @@ def test_evaluate_logs_to_the_training_run_with_hd95_in_mm(commands):
     md = open(os.path.join(folder, "test.md")).read()
     assert "HD95 in mm (3 of 3 images of known spacing)" in md
     assert f"Evaluation logged to MLflow run {run_id}" in commands.evaluate.stderr
+
+
+def test_the_console_fits_on_a_screen_and_names_the_config_by_its_changes(commands):
+    log_lines = [line for line in screen_lines(commands.first[2])
+                 if not re.match(r"step \d+/8 ", line)]  # the bar's redraws aside
+    assert len(log_lines) <= 24, "\n".join(log_lines)
+    config_line, = [line for line in log_lines if "] Config: " in line]
+    # TINY_FLAGS and the tracking switch, as differences from the default config.
+    assert ("model.features: [8, 16, 32, 64] -> [4, 8]" in config_line
+            and "tracking.mlflow: False -> True" in config_line
+            and config_line.endswith("/run/config.json)")), config_line
