@@ -7,7 +7,7 @@ label errors included) is predicted by the fold that did not train on it, and ra
 its mask's disagreement with that prediction and by model-free anatomical checks
 (``evaluation/audit.py``). Prints the ranked names, most suspicious first, and writes
 ``DIR/audit.csv`` and overlays of the top ones; confirm each by eye before listing it in
-an errata file (docs/evaluation.md).
+an errata file (docs/crossval.md).
 """
 
 from absl import flags

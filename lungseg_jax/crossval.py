@@ -9,7 +9,7 @@ then scores every slice out of fold: ``WORKDIR/crossval.csv`` (per slice) and
 ``WORKDIR/crossval_summary.json`` (pooled over all slices, and per fold), and prints the
 table. Re-running the command resumes: finished folds are skipped. The folds' models are
 the fold ensemble: ``evaluate --workdir WORKDIR``, ``export --workdir WORKDIR`` and
-``predict --workdir WORKDIR`` take it like a run's snapshots. See docs/evaluation.md.
+``predict --workdir WORKDIR`` take it like a run's snapshots. See docs/crossval.md.
 """
 
 import contextlib
@@ -24,6 +24,7 @@ from lungseg_jax.evaluation import crossval
 from lungseg_jax.rundir import folds
 from lungseg_jax.tracking.tensorboard import TensorBoardWriter
 from lungseg_jax.training.crossval import train_folds
+from lungseg_jax.training.preemption import exiting_when_preempted
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -45,14 +46,14 @@ def main(argv):
     with config.unlocked():
         config.data.cv.folds = FLAGS.folds
     is_chief = jax.process_index() == 0
-    with contextlib.ExitStack() as boards:
 
-        def callbacks_of(fold):  # each fold's TensorBoard events in its own workdir
-            board = boards.enter_context(TensorBoardWriter(
-                str(folds.fold_workdir(FLAGS.workdir, fold)),
-                enabled=is_chief and is_local(FLAGS.workdir)))
-            return board.log_epoch, board.log_steps
+    @contextlib.contextmanager
+    def callbacks_of(fold):  # each fold's TensorBoard events in its own workdir
+        with TensorBoardWriter(str(folds.fold_workdir(FLAGS.workdir, fold)),
+                               enabled=is_chief and is_local(FLAGS.workdir)) as board:
+            yield board.log_epoch, board.log_steps
 
+    with exiting_when_preempted():
         train_folds(config, FLAGS.workdir, is_chief=is_chief, callbacks_of=callbacks_of)
     if is_chief:
         summary = crossval.cross_validate(FLAGS.workdir, FLAGS.threshold, FLAGS.batch_size)

@@ -11,7 +11,6 @@ stopped on SIGTERM after saving a checkpoint (re-run the command to resume),
 
 import json
 import os
-import sys
 import time
 
 import jax
@@ -27,7 +26,7 @@ from lungseg_jax.tracking.tensorboard import TensorBoardWriter
 from lungseg_jax.tracking.tracker import Tracker, workdir_uri
 from lungseg_jax.training.config_checks import check_config
 from lungseg_jax.training.loop import run_summary, train_and_evaluate
-from lungseg_jax.training.preemption import Preempted
+from lungseg_jax.training.preemption import exiting_when_preempted
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -61,12 +60,9 @@ def main(argv):
             tracker.log_steps(first_step, values)
             board.log_steps(first_step, values)
 
-        try:
+        with exiting_when_preempted():
             train_and_evaluate(FLAGS.config, FLAGS.workdir, on_epoch_end=on_epoch_end,
                                on_steps=on_steps)
-        except Preempted as stop:
-            logging.warning("%s", stop)
-            sys.exit(Preempted.EXIT_STATUS)
         tracker.finish(evaluate_test_set(FLAGS.workdir, FLAGS.eval_data_dir))
         if jax.process_index() == 0:
             print(run_summary(FLAGS.workdir, time.monotonic() - started,

@@ -61,3 +61,15 @@ def test_specks_below_one_percent_do_not_count_as_components():
     mask[47:51, 38:42] = True  # 16 more pixels, apart from the lungs and the speck
     checks = anatomy(chest(), mask)
     assert checks["components"] == 3 and checks["flags"] == ["fragmented"]
+
+
+def test_an_empty_mask_is_flagged_empty_and_nothing_else():
+    checks = anatomy(chest(), np.zeros((60, 90), bool))
+    assert checks == {"smaller_side_share": 0.0, "outside_body_share": 0.0, "components": 0,
+                      "flags": ["empty"]}
+
+
+def test_without_a_body_in_view_the_outside_check_is_skipped():
+    image = np.full((60, 90), AIR, np.int16)  # nothing above -500 HU
+    checks = anatomy(image, lungs())
+    assert "outside_body" not in checks["flags"] and checks["components"] == 2

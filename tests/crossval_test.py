@@ -5,7 +5,13 @@ import csv
 import json
 import os
 
+import signal
+import subprocess
+import sys
+import time
+
 import cv2
+import jax
 import numpy as np
 import pytest
 
@@ -122,9 +128,10 @@ def test_each_fold_validates_on_its_patients_without_the_label_error(data_dir, e
     assert sorted(seen) == sorted(set(patient_names()) - {LABEL_ERROR})
 
 
-def independent_oof_counts(cv_dir, threshold=0.5):
-    """Per fold: its final weights on its recorded validation slices, thresholded at the
-    slices' size after a bilinear resize, counted with numpy."""
+def independent_oof_counts(cv_dir, threshold=0.5, weights="final"):
+    """Per fold: its final weights (or its snapshots' mean probability) on its recorded
+    validation slices, thresholded at the slices' size after a bilinear resize, counted
+    with numpy."""
     counts = []
     for fold in range(3):
         workdir = folds.fold_workdir(cv_dir, fold)
@@ -136,7 +143,9 @@ def independent_oof_counts(cv_dir, threshold=0.5):
             i = data.names.index(name)
             image = np.clip((data.images[i].astype(np.float32) + 1350) / 1500, 0, 1)
             small = cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA)[None, ..., None]
-            prob = np.asarray(probability_fn(run.model)(run.variables[run.finals[0]], small))[0]
+            members = run.finals if weights == "final" else run.snapshots
+            prob = np.mean([np.asarray(probability_fn(run.model)(run.variables[m], small))[0]
+                            for m in members], axis=0)
             pred = cv2.resize(prob, (64, 64), interpolation=cv2.INTER_LINEAR) > threshold
             truth = data.masks[i] > 0
             counts.append(((pred & truth).sum(), (pred | truth).sum()))
@@ -149,6 +158,9 @@ def test_out_of_fold_scores_match_an_independent_computation(cv_dir):
     assert summary["num_images"] == len(counts) == len(patient_names()) - 1
     expected = counts[:, 0].sum() / counts[:, 1].sum()
     assert summary["variants"]["final"]["pooled_iou"] == pytest.approx(expected, abs=1e-6)
+    ensemble = independent_oof_counts(cv_dir, weights="ensemble")
+    assert summary["variants"]["ensemble"]["pooled_iou"] == pytest.approx(
+        ensemble[:, 0].sum() / ensemble[:, 1].sum(), abs=1e-6)
     assert summary["left_out"] == [LABEL_ERROR]
     with open(os.path.join(cv_dir, crossval.CSV_FILE)) as f:
         rows = [r for r in csv.DictReader(f) if r["variant"] == "final"]
@@ -194,6 +206,11 @@ def test_evaluate_scores_the_fold_ensemble(cv_dir, tmp_path):
     trained = restore_trained(cv_dir)
     members = fold_members(cv_dir)
     assert trained.snapshots == members and result["options"]["ensemble_members"] == members
+    for fold in range(3):  # each member holds its own fold's weights
+        run = restore_trained(folds.fold_workdir(cv_dir, fold))
+        for step in run.snapshots:
+            jax.tree.map(np.testing.assert_array_equal,
+                         trained.variables[f"fold{fold}_step{step}"], run.variables[step])
     # The ensemble by hand: every fold's snapshots' probabilities averaged.
     data = folders.read_folder(test_dir)
     images = np.stack([cv2.resize(np.clip((i.astype(np.float32) + 1350) / 1500, 0, 1),
@@ -255,3 +272,66 @@ def test_audit_ranks_every_slice_by_its_out_of_fold_disagreement_and_flags(cv_di
                                              for r in rows[:2])
     with open(tmp_path / "audit" / "audit.csv") as f:
         assert [r["name"] for r in csv.DictReader(f)] == [r["name"] for r in rows]
+
+
+def test_an_unfinished_fold_is_named_not_used(cv_dir, tmp_path):
+    import shutil
+
+    partial = tmp_path / "cv"
+    shutil.copytree(cv_dir, partial)
+    shutil.rmtree(folds.fold_workdir(partial, 2))
+    with pytest.raises(FileNotFoundError, match="fold_2 has not finished training "
+                                                r"\(not started\)"):
+        restore_trained(str(partial))
+    run = folds.fold_workdir(partial, 1)
+    last = max(int(s) for s in os.listdir(run / "checkpoints") if s.isdigit())
+    shutil.copytree(folds.fold_workdir(cv_dir, 2), folds.fold_workdir(partial, 2))
+    shutil.rmtree(run / "checkpoints" / str(last))  # fold 1 stopped before its last step
+    with pytest.raises(FileNotFoundError, match=rf"fold_1 has not finished training \(step "
+                                                rf"\d+ of {last}\)"):
+        restore_trained(str(partial))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("folds", 1, "data.cv.folds=1 is invalid: expected 0"),
+    ("fold", 3, "data.cv.fold=3 is invalid: expected a fold in \\[0, 3\\)"),
+    ("group_pattern", "^(ID_", "data.cv.group_pattern='\\^\\(ID_' is invalid: not a regular"),
+    ("group_pattern", r"^(ID)_(\d+)", "expected at most one group"),
+])
+def test_bad_cross_validation_fields_are_refused_naming_them(tiny_config, field, value,
+                                                             message):
+    from lungseg_jax.training.config_checks import check_config
+
+    tiny_config.data.cv.folds = 3
+    setattr(tiny_config.data.cv, field, value)
+    with pytest.raises(ValueError, match=message):
+        check_config(tiny_config)
+
+
+def test_sigterm_stops_the_fold_in_progress_exits_143_and_a_rerun_finishes(tmp_path):
+    from conftest import REPO, TINY_FLAGS
+
+    workdir = tmp_path / "cv"
+    command = [sys.executable, "-m", "lungseg_jax.crossval", "--config", "configs/default.py",
+               f"--workdir={workdir}", "--folds", "2", *TINY_FLAGS,
+               "--config.checkpoint.every_steps=1"]
+    log = tmp_path / "crossval.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        checkpoints = folds.fold_workdir(workdir, 0) / "checkpoints"
+        while not (checkpoints.exists() and any(s.isdigit() for s in os.listdir(checkpoints))):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=240) == 143, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "on SIGTERM; checkpoint saved" in log.read_text()
+    assert not folds.fold_workdir(workdir, 1).exists()
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Resumed from the checkpoint" in rerun.stderr
+    assert (workdir / crossval.SUMMARY_FILE).exists()

@@ -176,7 +176,7 @@ def test_the_checks_above_can_tell_the_mutations_apart(workdir, test_dir):
 
 
 def test_ensemble_last_out_of_range_is_refused(workdir, test_dir):
-    with pytest.raises(ValueError, match="ensemble_last=3 .* 2 snapshots"):
+    with pytest.raises(ValueError, match="ensemble_last=3: .* has only 2 snapshots"):
         evaluator.evaluate_workdir(workdir, test_dir, ensemble_last=3)
 
 

@@ -12,7 +12,7 @@ from conftest import REPO
 from lungseg_jax.data import preprocess
 from lungseg_jax.data.phantoms import synthetic_slices
 from lungseg_jax.model.unet import probability_fn
-from lungseg_jax.rundir.trained import restore_trained
+from lungseg_jax.rundir.trained import Trained, restore_trained
 from lungseg_jax.serving import export, exported
 from lungseg_jax.training.loop import train_and_evaluate
 
@@ -84,7 +84,7 @@ def test_command_line_exports_the_last_snapshots(trained, tmp_path):
 @pytest.mark.parametrize("spec, expected", [("all", [4, 8]), ("last:1", [8]),
                                             ("last:2", [4, 8])])
 def test_choose_snapshots(spec, expected):
-    assert export.choose_snapshots([4, 8], spec) == expected
+    assert export.choose_snapshots(run_with_snapshots([4, 8]), spec) == expected
 
 
 @pytest.mark.parametrize("spec, message", [("last:3", "only 2 snapshots"),
@@ -92,4 +92,17 @@ def test_choose_snapshots(spec, expected):
                                            ("last:0", "expected 'all' or 'last:m'")])
 def test_choose_snapshots_rejects_bad_specs(spec, message):
     with pytest.raises(ValueError, match=message):
-        export.choose_snapshots([4, 8], spec)
+        export.choose_snapshots(run_with_snapshots([4, 8]), spec)
+
+
+def run_with_snapshots(steps, folds=()):
+    """A Trained with these snapshot steps (and these fold runs) and no variables."""
+    return Trained(None, None, {}, list(steps), [steps[-1]], "run", list(folds), "")
+
+
+def test_the_last_snapshots_of_a_fold_ensemble_are_each_folds_last():
+    ensemble = run_with_snapshots(["fold0_step4"],
+                                  [run_with_snapshots([4, 8]), run_with_snapshots([3, 6])])
+    assert export.choose_snapshots(ensemble, "last:1") == ["fold0_step8", "fold1_step6"]
+    assert export.choose_snapshots(ensemble, "all") == ["fold0_step4", "fold0_step8",
+                                                         "fold1_step3", "fold1_step6"]

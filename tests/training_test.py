@@ -292,3 +292,24 @@ def test_command_line_rejects_unknown_config_key(tmp_path):
     assert result.returncode != 0
     assert "modle" in result.stderr
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_soft_masks_reach_the_train_step_as_lung_fractions(tiny_config):
+    tiny_config.data.soft_masks = True
+    plan = loop.plan_run(tiny_config)
+    fractions = np.unique(plan.train_masks)
+    assert ((fractions > 0) & (fractions < 1)).any()  # 64 -> 32: boundary pixels half lung
+    mesh = create_mesh()
+    data = put_replicated(step_fns.DeviceData(plan.train_images, plan.train_masks), mesh)
+    tiny_config.augment.enabled = False  # the drawn batch as it is, to compare
+    _, masks = jax.jit(lambda step: step_fns.augmented_batch(
+        data, step, tiny_config, mesh, plan.steps_per_epoch, jax.random.key(0)))(0)
+    picked = step_fns.draw_batch(data, 0, seed=tiny_config.seed,
+                                 batch_size=tiny_config.batch_size,
+                                 steps_per_epoch=plan.steps_per_epoch)[1]
+    np.testing.assert_array_equal(masks, picked)
+    tiny_config.augment.enabled = True
+    _, moved = jax.jit(lambda step: step_fns.augmented_batch(
+        data, step, tiny_config, mesh, plan.steps_per_epoch, jax.random.key(0)))(0)
+    values = np.asarray(moved)
+    assert ((values > 0.01) & (values < 0.99)).any()  # still fractions after the warp

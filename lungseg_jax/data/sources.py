@@ -54,7 +54,8 @@ def train_val_slices(data_config) -> tuple[Slices, Slices]:
     left_out = errata.leave_out(everything.names, known)[1]
     logging.info("Training data: %s", errata.describe(left_out, known))
     if len(train) == 0 or len(validation) == 0:
-        raise ValueError(f"{len(everything)} slices with config.data.val_fraction="
-                         f"{data_config.val_fraction} (cv.folds={cv.folds}) leave an empty "
-                         "train or validation set")
+        split = (f"config.data.cv.fold={cv.fold} of {cv.folds}" if cv.folds else
+                 f"config.data.val_fraction={data_config.val_fraction}")
+        raise ValueError(f"{len(everything)} slices with {split} leave an empty train or "
+                         f"validation set (known label errors left out: {len(left_out)})")
     return train, validation

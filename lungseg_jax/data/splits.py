@@ -22,7 +22,9 @@ def group_of(name: str, pattern: str) -> str:
     ``name`` (``^(ID_\\d+)`` gives ``ID_0079`` for ``ID_0079_Z_0072``); a name it does not
     match is a group of its own."""
     match = re.match(pattern, name)
-    return match.group(1) if match and match.groups() else (match.group(0) if match else name)
+    if not match:
+        return name
+    return (match.group(1) if match.groups() else None) or match.group(0) or name
 
 
 def assign_folds(names, folds: int, pattern: str, seed: int) -> np.ndarray:
@@ -35,9 +37,11 @@ def assign_folds(names, folds: int, pattern: str, seed: int) -> np.ndarray:
     groups = {}
     for name in sorted(names):
         groups.setdefault(group_of(name, pattern), []).append(name)
-    if folds < 2 or len(groups) < folds:
-        raise ValueError(f"{folds} folds need at least {max(folds, 2)} groups of slices; the "
-                         f"data has {len(groups)} (group pattern {pattern!r})")
+    if folds < 2:
+        raise ValueError(f"{folds} folds: cross-validation needs at least 2")
+    if len(groups) < folds:
+        raise ValueError(f"{folds} folds need at least {folds} groups of slices; the data has "
+                         f"{len(groups)} (group pattern {pattern!r})")
     keys = sorted(groups)
     order = np.random.default_rng(seed).permutation(len(keys))
     shuffled = [keys[i] for i in order]

@@ -27,7 +27,7 @@ from lungseg_jax.data.sources import load_slices, read_configured_folder, train_
 from lungseg_jax.evaluation import report
 from lungseg_jax.model.unet import probability_fn
 from lungseg_jax.rundir import split_record
-from lungseg_jax.rundir.trained import Trained, member_name, restore_trained
+from lungseg_jax.rundir.trained import Trained, restore_trained
 from lungseg_jax.serving.inference import native_masks, plain_and_flip_tta
 
 
@@ -65,18 +65,6 @@ def predict_steps(trained: Trained, images: np.ndarray, steps, batch_size: int) 
         plain[step], tta[step] = plain_and_flip_tta(
             lambda batch, step=step: predict(trained.variables[step], batch), images, batch_size)
     return Predictions(plain, tta)
-
-
-def ensemble_members(trained: Trained, ensemble_last: int) -> list:
-    """The last ``ensemble_last`` snapshots (0: all); of a fold ensemble, each fold's."""
-    if trained.folds:
-        return [member_name(fold, step) for fold, run in enumerate(trained.folds)
-                for step in ensemble_members(run, ensemble_last)]
-    snapshots = trained.snapshots
-    if not 0 <= ensemble_last <= len(snapshots):
-        raise ValueError(f"ensemble_last={ensemble_last} is invalid: the workdir has "
-                         f"{len(snapshots)} snapshots {snapshots} (0 means all)")
-    return snapshots[-ensemble_last:] if ensemble_last else snapshots
 
 
 def native_predictions(probabilities, masks: list, threshold: float, postprocess: bool) -> list:
@@ -125,7 +113,7 @@ def validate(trained: Trained, threshold: float, batch_size: int,
     names, fold_ids, counts = [], [], []
     for fold, run in enumerate(trained.runs):
         val = validation_slices(run.config, split_record.load_split(run.workdir))
-        members = ensemble_members(run, ensemble_last)
+        members = run.last_snapshots(ensemble_last)
         images, _ = preprocess(val, run.config.data)
         predictions = predict_steps(run, images, sorted({*run.finals, *members}), batch_size)
         counts.append(variant_counts(predictions, val.masks,
@@ -173,7 +161,10 @@ def evaluate_workdir(workdir: epath.PathLike, data_dir: str, threshold: float = 
     """
     trained = restore_trained(workdir)
     config = trained.config
-    members = ensemble_members(trained, ensemble_last)
+    try:
+        members = trained.last_snapshots(ensemble_last)
+    except ValueError as e:
+        raise ValueError(f"ensemble_last={ensemble_last}: {e}") from None
     weights_steps = {"final": trained.finals, "ensemble": members}
     known_errors = errata.load_errata(errata_file)
     slices, left_out = errata.without_errata(read_configured_folder(data_dir, config.data),

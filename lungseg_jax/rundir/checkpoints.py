@@ -42,10 +42,14 @@ def create_manager(workdir: epath.PathLike, snapshot_steps=(), keep_latest: int 
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, metadata=metadata)
 
 
+def planned_snapshot_steps(manager: ocp.CheckpointManager) -> list:
+    """The run's snapshot steps (the last is its final step), as recorded when it began."""
+    return sorted(manager.metadata().custom_metadata.get("snapshot_steps", []))
+
+
 def saved_snapshot_steps(manager: ocp.CheckpointManager) -> list:
     """The snapshot steps that have been saved so far, ascending."""
-    planned = manager.metadata().custom_metadata.get("snapshot_steps", [])
-    return sorted(set(planned) & set(manager.all_steps()))
+    return sorted(set(planned_snapshot_steps(manager)) & set(manager.all_steps()))
 
 
 def save(manager: ocp.CheckpointManager, state) -> None:

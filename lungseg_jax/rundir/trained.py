@@ -25,11 +25,23 @@ class Trained(NamedTuple):
     finals: list  # members that are final weights (one per fold)
     workdir: str
     folds: list  # a cross-validation's runs (each a Trained); [] for one run
+    unfinished: str  # '' for a finished run, else what is missing ("step 40 of 96")
 
     @property
     def snapshots(self) -> list:
         """The snapshot members; the final ones if the run kept none."""
         return self.snapshot_steps or self.finals
+
+    def last_snapshots(self, count: int) -> list:
+        """The last ``count`` snapshot members (0: all); of a fold ensemble, each fold's last
+        ``count``. ValueError naming the counts when a run has fewer."""
+        if self.folds:
+            return [member_name(fold, step) for fold, run in enumerate(self.folds)
+                    for step in run.last_snapshots(count)]
+        if not 0 <= count <= len(self.snapshots):
+            raise ValueError(f"the last {count} snapshots: {self.workdir} has only "
+                             f"{len(self.snapshots)} snapshots {self.snapshots} (0 means all)")
+        return list(self.snapshots[-count:] if count else self.snapshots)
 
     @property
     def runs(self) -> list:
@@ -62,6 +74,8 @@ def restore_trained(workdir: epath.PathLike, steps=None) -> Trained:
     if latest is None:
         raise FileNotFoundError(f"no checkpoints in {checkpoints.checkpoint_dir(workdir)}")
     snapshot_steps = checkpoints.saved_snapshot_steps(manager)
+    planned = checkpoints.planned_snapshot_steps(manager)
+    unfinished = f"step {latest} of {planned[-1]}" if planned and latest < planned[-1] else ""
     if steps is None:
         steps = sorted(set(snapshot_steps) | {latest})
     abstract = abstract_variables(model, config.data,
@@ -69,19 +83,28 @@ def restore_trained(workdir: epath.PathLike, steps=None) -> Trained:
     restored = {step: checkpoints.restore(manager, step, abstract, partial=True)
                 for step in steps}
     manager.close()
-    return Trained(config, model, restored, snapshot_steps, [latest], str(workdir), [])
+    return Trained(config, model, restored, snapshot_steps, [latest], str(workdir), [],
+                   unfinished)
 
 
 def restore_fold_ensemble(cv_dir: epath.PathLike) -> Trained:
     """Every fold's run of a cross-validation folder, with their members renamed
     ``fold<i>_step<step>`` into one Trained (the fold ensemble); FileNotFoundError naming
-    the first fold that has not trained."""
-    record = folds.load_record(cv_dir)
-    runs = [restore_trained(folds.fold_workdir(cv_dir, i)) for i in range(record["folds"])]
+    the first fold that has not finished training."""
+    runs = []
+    for fold in range(folds.load_record(cv_dir)["folds"]):
+        workdir = folds.fold_workdir(cv_dir, fold)
+        run = (restore_trained(workdir) if checkpoints.checkpoint_dir(workdir).exists()
+               else None)
+        if run is None or run.unfinished:
+            raise FileNotFoundError(f"{workdir} has not finished training ("
+                                    f"{run.unfinished if run else 'not started'}): re-run "
+                                    "crossval on its folder to train it")
+        runs.append(run)
     variables, snapshots, finals = {}, [], []
     for fold, run in enumerate(runs):
         variables.update((member_name(fold, s), v) for s, v in run.variables.items())
         snapshots += [member_name(fold, s) for s in run.snapshot_steps]
         finals += [member_name(fold, s) for s in run.finals]
     return Trained(records.load_config(cv_dir), runs[0].model, variables, snapshots, finals,
-                   str(cv_dir), runs)
+                   str(cv_dir), runs, "")

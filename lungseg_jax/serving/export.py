@@ -16,23 +16,22 @@ from etils import epath
 
 from lungseg_jax.core.files import write_atomic
 from lungseg_jax.model.unet import probability_fn
-from lungseg_jax.rundir.trained import restore_trained
+from lungseg_jax.rundir.trained import Trained, restore_trained
 from lungseg_jax.serving import exported
 
 PLATFORMS = ("cpu", "cuda")
 
 
-def choose_snapshots(snapshot_steps: list, spec: str) -> list:
-    """``'all'`` or ``'last:m'`` (the last m snapshots) of ``snapshot_steps``."""
-    if spec == "all":
-        return list(snapshot_steps)
+def choose_snapshots(trained: Trained, spec: str) -> list:
+    """``'all'`` or ``'last:m'``: the last m snapshots of ``trained`` (of a fold ensemble,
+    each fold's last m)."""
     kind, _, count = spec.partition(":")
-    if kind != "last" or not count.isdigit() or int(count) < 1:
+    if spec != "all" and (kind != "last" or not count.isdigit() or int(count) < 1):
         raise ValueError(f"--snapshots={spec!r}: expected 'all' or 'last:m' with m >= 1")
-    if int(count) > len(snapshot_steps):
-        raise ValueError(f"--snapshots={spec!r}: the workdir has only {len(snapshot_steps)} "
-                         f"snapshots ({snapshot_steps})")
-    return list(snapshot_steps)[-int(count):]
+    try:
+        return trained.last_snapshots(0 if spec == "all" else int(count))
+    except ValueError as e:
+        raise ValueError(f"--snapshots={spec!r}: {e}") from None
 
 
 def _serialize(fn, input_shape: tuple, platforms) -> bytearray:
@@ -91,7 +90,7 @@ def export_workdir(workdir: epath.PathLike, output: epath.PathLike, snapshots: s
     check_output(output, overwrite)
     trained = restore_trained(workdir)
     if variant is None:
-        steps = choose_snapshots(trained.snapshots, snapshots)
+        steps = choose_snapshots(trained, snapshots)
         variant = {"name": "ensemble", "members": steps, "tta": False, "postprocess": False,
                    "threshold": threshold}
     steps = variant["members"]

@@ -7,6 +7,7 @@ Unknown keys are caught earlier: the entry points lock the config, so an overrid
 import functools
 import math
 import os
+import re
 
 from lungseg_jax.data.sources import SOURCES
 from lungseg_jax.model.unet import MODELS, OP_SETS
@@ -57,6 +58,13 @@ def check_config(config) -> None:
         _fail("data.cv.folds", cv.folds, "expected 0 (no cross-validation) or at least 2")
     if cv.folds and not (isinstance(cv.fold, int) and 0 <= cv.fold < cv.folds):
         _fail("data.cv.fold", cv.fold, f"expected a fold in [0, {cv.folds})")
+    try:
+        groups = re.compile(cv.group_pattern).groups
+    except re.error as e:
+        _fail("data.cv.group_pattern", cv.group_pattern, f"not a regular expression ({e})")
+    if groups > 1:
+        _fail("data.cv.group_pattern", cv.group_pattern,
+              "expected at most one group (the patient's part of a slice name)")
     if config.data.source == "synthetic" and config.data.synthetic.num_images < 2:
         _fail("data.synthetic.num_images", config.data.synthetic.num_images, "expected >= 2")
     if not 0.0 <= config.model.bn_momentum < 1.0:

@@ -1,6 +1,8 @@
 """Preemption: SIGTERM (or a multi-host preemption notice) stops training after a checkpoint."""
 
+import contextlib
 import signal
+import sys
 import threading
 
 import jax
@@ -12,6 +14,16 @@ class Preempted(Exception):
     """Training stopped on SIGTERM (or a multi-host preemption notice) after a checkpoint."""
 
     EXIT_STATUS = 143  # 128 + SIGTERM, what schedulers expect of a terminated job
+
+
+@contextlib.contextmanager
+def exiting_when_preempted():
+    """For the commands: a Preempted stop becomes its warning and exit status 143."""
+    try:
+        yield
+    except Preempted as stop:
+        logging.warning("%s", stop)
+        sys.exit(Preempted.EXIT_STATUS)
 
 
 class PreemptionGuard:

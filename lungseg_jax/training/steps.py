@@ -133,7 +133,8 @@ def make_eval_step(config, mesh: Mesh):
         logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
                                 images, train=False)
         losses = jax.vmap(lambda lo, m: loss_fn(lo[None], m[None]))(logits, masks)
-        return losses, metrics.pixel_counts(logits[..., 0] > 0, masks[..., 0] > 0.5)
+        # Truth as the binary targets are made (lung fraction >= 0.5), soft targets too.
+        return losses, metrics.pixel_counts(logits[..., 0] > 0, masks[..., 0] >= 0.5)
 
     return jax.jit(eval_step, out_shardings=(replicated(mesh), replicated(mesh)))
 
