@@ -266,7 +266,7 @@ def test_audit_ranks_every_slice_by_its_out_of_fold_disagreement_and_flags(cv_di
         truth = data.masks[i] > 0
         iou = (pred & truth).sum() / (pred | truth).sum()
         assert row["oof_iou"] == pytest.approx(iou, abs=1e-6)
-        assert row["suspicion"] == pytest.approx(1 - iou + 0.25 * len(row["flags"]))
+        assert row["suspicion"] == pytest.approx(1 - iou + 0.25 * bool(row["flags"]))
     written = sorted(os.listdir(tmp_path / "audit"))
     assert written == ["audit.csv"] + sorted(f"audit_{r['rank']}_{r['name']}.png"
                                              for r in rows[:2])

@@ -13,8 +13,10 @@ out-of-fold prediction, and when the mask fails anatomical checks that need no m
   around the patient labelled lung; skipped when no body is found).
 * ``fragmented``: more than two components of at least ``MIN_COMPONENT_SHARE`` of the mask.
 
-``suspicion = (1 - IoU(mask, out-of-fold prediction)) + FLAG_WEIGHT * flags``: the
-disagreement ranks, each failed check moves a slice up. Written into the output folder:
+``suspicion = (1 - IoU(mask, out-of-fold prediction)) + FLAG_WEIGHT`` if any check
+fails: the disagreement ranks, a failed check moves a slice up. The checks count once, not
+each: one fault often fails several (air labelled lung is outside the body and is extra
+components). Written into the output folder:
 ``audit.csv`` (every slice, most suspicious first) and ``audit_<rank>_<name>.png``
 overlays of the top ones (slice, mask, prediction with its errors, uncertainty); a person
 confirms each by eye before adding it to an errata file (``data/errata.json``'s form).
@@ -135,7 +137,7 @@ def audit(cv_dir: epath.PathLike, output: epath.PathLike, threshold: float = 0.5
         iou = metrics.summarize(counts)["pooled_iou"]
         checks = anatomy(slices.images[i], slices.masks[i])
         rows.append({"name": name, "oof_iou": iou, "fold": int(fold_of[i]),
-                     "suspicion": 1.0 - iou + FLAG_WEIGHT * len(checks["flags"]),
+                     "suspicion": 1.0 - iou + FLAG_WEIGHT * bool(checks["flags"]),
                      "known_error": name in known, **checks, "index": i})
         predictions.append(prediction)
     rows.sort(key=lambda r: -r["suspicion"])
