@@ -7,11 +7,12 @@
 
 The study's 0.0 test IoU came from BatchNorm running statistics that lag the weights
 (Keras momentum 0.99); ``model.bn_momentum=0.9`` fixes it. Trains at 128x128 (evaluated
-at 512x512). Expected on the 240 real slices split with seed 0 (README, "Results"): 5.0
-min on a 2-core AMD EPYC Zen 4 (AVX-512), training and evaluation together; test pooled
-IoU 0.945 final, 0.946 chosen on validation (final + flip TTA + post-processing), about
-0.97 without the mislabeled test slice ``ID_0079_Z_0072``. At 512x512 on one NVIDIA H200:
-1.3 min, 0.952 chosen (0.975 without that slice).
+at 512x512). Expected on the 240 real slices split with seed 0 and ``--errata none``
+(README, "Results"): 5.0 min on a 2-core AMD EPYC Zen 4 (AVX-512), training and
+evaluation together; test pooled IoU 0.945 final, 0.946 chosen on validation (final +
+flip TTA + post-processing), about 0.97 without the mislabeled test slice
+``ID_0079_Z_0072``. At 512x512 on one NVIDIA H200: 1.3 min, 0.952 chosen (0.975 without
+that slice).
 """
 
 from lungseg_jax.configs import incp_unet
