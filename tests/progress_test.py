@@ -5,6 +5,7 @@ import io
 import logging
 import re
 
+import pytest
 from absl import logging as absl_logging
 
 from lungseg_jax.core import progress
@@ -125,13 +126,15 @@ def test_log_lines_are_printed_above_the_bar_not_through_it():
     assert after_log and all(line.startswith("step ") for line in after_log)
 
 
-def drawn_losses(config, workdir, monkeypatch) -> dict:
-    """{step: loss} as the progress display drew them during a run, on a terminal."""
+def drawn_losses(config, workdir, monkeypatch, interval=0.0) -> dict:
+    """{step: loss} as the progress display drew them during a run, on a terminal whose
+    clock stands still: ``interval`` 0 draws after every call, a large one only the draws
+    that are always made (the first call's, and the last step's)."""
     out = Terminal()
 
     def on_terminal(*args, **kwargs):
-        return REAL_PROGRESS(*args, **{**kwargs, "stream": out, "interval": 0.0, "enabled": True,
-                                       "width": 100})
+        return REAL_PROGRESS(*args, **{**kwargs, "stream": out, "interval": interval,
+                                       "enabled": True, "width": 100, "clock": FakeClock()})
 
     monkeypatch.setattr(progress, "Progress", on_terminal)
     train_and_evaluate(config, workdir)
@@ -146,3 +149,17 @@ def test_training_draws_the_last_step_of_each_call(tiny_config, tmp_path, monkey
     tiny_config.steps_per_call = 3  # 4 steps per epoch: calls of 3 and 1 steps
     per_call = drawn_losses(tiny_config, str(tmp_path / "three"), monkeypatch)
     assert per_call == {step: every_step[step] for step in (3, 4, 7, 8)}
+    # No redraw ever due by time: still the first call's and the last step's.
+    seldom = drawn_losses(tiny_config, str(tmp_path / "seldom"), monkeypatch, interval=1e9)
+    assert seldom == {step: every_step[step] for step in (3, 8)}
+
+
+def test_steps_are_drawn_from_after_the_start_to_the_total():
+    bar = REAL_PROGRESS(total=10, start=4, images_per_step=1, stream=io.StringIO())
+    for step in (4, 11):  # nothing done yet, or past the end: a caller's mistake
+        with pytest.raises(ValueError, match=rf"^step {step} outside \(4, 10\]$"):
+            bar.draw(step)
+    bar.draw(5)
+    bar.draw(10)
+    with pytest.raises(ValueError, match=r"^start step 11 outside \[0, 10\]$"):
+        REAL_PROGRESS(total=10, start=11, images_per_step=1)

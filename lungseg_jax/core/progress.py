@@ -1,6 +1,6 @@
 """A one-line progress display (steps, loss, speed, ETA) for interactive terminals only.
 
-Drawn with rich (a dependency of flax) below the log: while the bar is shown, log lines
+Drawn with rich (a declared dependency) below the log: while the bar is shown, log lines
 (absl's handler, any logger's ``logging.StreamHandler`` on stderr, and whatever is written
 to ``sys.stderr``) go through rich's console, which prints them above the bar instead of
 through it. Off a terminal (a pipe, a file, CI) nothing is drawn and nothing is redirected.
@@ -15,6 +15,8 @@ import sys
 import time
 
 from absl import logging as absl_logging
+from rich import progress as rich_progress
+from rich.console import Console
 
 BAR_WIDTH = 30
 
@@ -82,12 +84,16 @@ class Progress:
 
     Silent when ``stream`` (default: stderr) is not a terminal, so logs and CI stay clean,
     and redrawn at most every ``interval`` seconds (always after the first call, and at
-    step ``total``) so it costs almost nothing. ``clock`` is for tests.
+    step ``total``) so it costs almost nothing. ``start``: the step the command starts at
+    (a resumed run's); a drawn step lies after it and not past ``total`` (ValueError
+    otherwise: a caller's mistake). ``clock`` is for tests.
     """
 
     def __init__(self, total: int, start: int, images_per_step: int, stream=None,
                  interval: float = 0.5, enabled: bool | None = None, clock=time.monotonic,
                  width: int | None = None):
+        if not 0 <= start <= total:
+            raise ValueError(f"start step {start} outside [0, {total}]")
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.total, self.start, self.images_per_step = total, start, images_per_step
@@ -106,6 +112,8 @@ class Progress:
                 or self.clock() - self.last_draw >= self.interval)
 
     def draw(self, step: int, loss: float | None = None) -> None:
+        if not self.start < step <= self.total:
+            raise ValueError(f"step {step} outside ({self.start}, {self.total}]")
         if not self.enabled:
             return
         now = self.clock()
@@ -114,20 +122,13 @@ class Progress:
         stats = stats_text(self.rate, self.total, self.images_per_step, loss)
         if self._display is None:
             self._show(step, stats)
-        elif self.enabled:
+        else:
             progress, task = self._display
             progress.update(task, completed=step, stats=stats)
             progress.refresh()
 
     def _show(self, step: int, stats: str) -> None:
-        """Starts rich's live display at ``step`` and sends the log through it (no display,
-        and ``enabled`` turned off, where rich is not installed)."""
-        try:
-            from rich.console import Console
-            from rich import progress as rich_progress
-        except ImportError:  # serving installs without flax may lack it: no bar then
-            self.enabled = False
-            return
+        """Starts rich's live display at ``step`` and sends the log through it."""
         # soft_wrap: a long log line is left to the terminal to wrap, not cut into lines.
         console = Console(file=self.stream, force_terminal=True, width=self.width,
                           highlight=False, soft_wrap=True)
