@@ -8,8 +8,9 @@ Writes ``{"num_images", "final", "snapshots": [{"step", ...}], "ensemble", "opti
 "variants", "validation", "report_variant"}`` (pooled IoU, mean IoU and mean Dice each),
 the report next to it (FILE.csv, FILE.md, FILE_*.png; see ``evaluation/report.py``), and
 prints a table. When the training run was tracked with MLflow (``WORKDIR/mlflow_run_id``),
-the numbers are logged to that run as ``eval/...`` metrics and the files as artifacts in
-``eval/``. See docs/evaluation.md and docs/tracking_export_predict.md.
+the numbers are logged to that run as ``eval/NAME/...`` metrics and the files as artifacts
+in ``eval/NAME/``, NAME being FILE's name less .json (``tracking/evaluation_log.py``). See
+docs/evaluation.md and docs/tracking_export_predict.md.
 """
 
 import json
@@ -21,7 +22,7 @@ from lungseg_jax.core import cli
 from lungseg_jax.core.files import prepare_file_path, write_atomic
 from lungseg_jax.data import errata
 from lungseg_jax.evaluation import evaluator
-from lungseg_jax.tracking import tracker
+from lungseg_jax.tracking import evaluation_log
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json and checkpoints/).")
@@ -45,7 +46,8 @@ flags.DEFINE_bool("allow_overlap", False, "Evaluate even on slices the run train
 flags.DEFINE_float("spacing_mm", None, "Pixel spacing in mm of the slices whose TIFF does not "
                    "record one (resolution in cm), for the report's HD95 in mm.")
 flags.DEFINE_bool("mlflow", True, "Log the metrics and the report to the training run's MLflow "
-                  "run when it was tracked (WORKDIR/mlflow_run_id).")
+                  "run when it was tracked (WORKDIR/mlflow_run_id), as eval/NAME/... for "
+                  "--output .../NAME.json.")
 flags.mark_flags_as_required(["workdir", "data_dir", "output"])
 flags.register_validator("threshold", cli.is_probability_threshold, message=cli.THRESHOLD_RULE)
 flags.register_validator("spacing_mm", lambda v: v is None or v > 0,
@@ -66,7 +68,7 @@ def main(argv):
     write_atomic(FLAGS.output, json.dumps(result, indent=2))
     print(evaluator.format_table(result))
     if FLAGS.mlflow:
-        tracker.log_evaluation(FLAGS.workdir, result, [FLAGS.output, *report_files])
+        evaluation_log.log_evaluation(FLAGS.workdir, result, FLAGS.output, report_files)
 
 
 def run():

@@ -18,6 +18,7 @@ from lungseg_jax.data import slices as folders  # noqa: E402
 from lungseg_jax.data.phantoms import synthetic_slices  # noqa: E402
 from lungseg_jax.evaluation import evaluator  # noqa: E402
 from lungseg_jax.serving import exported, predict  # noqa: E402
+from lungseg_jax.tracking import mlflow_run  # noqa: E402
 from lungseg_jax.tracking import tracker as tracking  # noqa: E402
 from lungseg_jax.training.loop import train_and_evaluate  # noqa: E402
 
@@ -51,11 +52,11 @@ def tracked_run(tmp_path_factory):
         workdir, test_dir = (str(tmp_path_factory.mktemp(n)) for n in ("run", "test"))
         folders.write_folder(test_dir, synthetic_slices(3, 48, seed=7))
         train_tracked(tracked_config(), workdir, test_dir)
-        yield workdir, MlflowClient(tracking.workdir_uri(workdir))
+        yield workdir, MlflowClient(mlflow_run.workdir_uri(workdir))
 
 
 def the_run(workdir, client):
-    with open(os.path.join(workdir, tracking.RUN_ID_FILE)) as f:
+    with open(os.path.join(workdir, mlflow_run.RUN_ID_FILE)) as f:
         return client.get_run(f.read().strip())
 
 
@@ -110,8 +111,8 @@ def test_each_steps_learning_rate_and_loss_are_logged(tracked_run):
 
 def test_logged_model_predicts_like_the_export(tracked_run):
     workdir, _ = tracked_run
-    mlflow.set_tracking_uri(tracking.workdir_uri(workdir))
-    run_id = the_run(workdir, MlflowClient(tracking.workdir_uri(workdir))).info.run_id
+    mlflow.set_tracking_uri(mlflow_run.workdir_uri(workdir))
+    run_id = the_run(workdir, MlflowClient(mlflow_run.workdir_uri(workdir))).info.run_id
     models = mlflow.search_logged_models(filter_string=f"source_run_id = '{run_id}'",
                                          output_format="list")
     assert [m.name for m in models] == ["model"]
@@ -151,6 +152,31 @@ def test_resumed_training_continues_the_same_run(tmp_path, monkeypatch,
     assert not os.path.exists(os.path.join(workdir, "mlflow.db"))  # the URI from the env
 
 
+def test_an_empty_run_id_file_starts_a_run_and_records_it(tmp_path, monkeypatch):
+    """A workdir whose mlflow_run_id is empty (a crash while writing it) gets a new run,
+    with its params, and the file records it: a resume continues that run."""
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / mlflow_run.RUN_ID_FILE).write_text("")
+    config = tracked_config()
+    with tracking.Tracker(config, str(workdir)) as tracker:
+        tracker.log_epoch({"step": 4, "train_loss": 0.5})
+    run_id = mlflow_run.read_run_id(str(workdir))
+    run = MlflowClient(uri).get_run(run_id)
+    assert run.data.params["model.features"] == "[4, 8]" and run.data.metrics["train_loss"] == 0.5
+    with tracking.Tracker(config, str(workdir)) as tracker:
+        tracker.log_epoch({"step": 8, "train_loss": 0.25})
+    assert tracker_runs(uri) == [run_id]
+
+
+def tracker_runs(uri: str) -> list:
+    client = MlflowClient(uri)
+    return [r.info.run_id for r in client.search_runs(
+        [client.get_experiment_by_name("tiny").experiment_id])]
+
+
 def test_tracking_off_logs_nothing_and_needs_no_mlflow(tmp_path, monkeypatch):
     config = tracked_config()
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if not installed
@@ -168,7 +194,7 @@ def test_flatten_config_and_evaluation_metrics():
         {"a.b": 1, "a.c": "[1, 2]", "d": "x"}
     result = {"num_images": 3, "final": {"mean_iou": 0.5}, "variants": {"final+tta": {"x": 1}},
               "snapshots": [{"step": 4, "mean_iou": 0.25}], "winner": "ensemble"}
-    assert tracking.evaluation_metrics(result) == {
+    assert mlflow_run.evaluation_metrics(result) == {
         "test/num_images": 3.0, "test/final/mean_iou": 0.5, "test/variants/final_tta/x": 1.0,
         "test/snapshots/4/mean_iou": 0.25}
 

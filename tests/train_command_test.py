@@ -77,17 +77,24 @@ def commands(tmp_path_factory):
     again = run_on_terminal(train, env)
     assert again[0] == 0, again[2][-3000:]
     output = str(root / "eval" / "test.json")
-    evaluate = subprocess.run(
-        [sys.executable, "-m", "lungseg_jax.evaluate", "--workdir", workdir, "--data_dir",
-         test_dir, "--output", output, "--spacing_mm", "0.7", "--noselect_on_validation"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+
+    def evaluate_command(output, *flags):
+        run = subprocess.run(
+            [sys.executable, "-m", "lungseg_jax.evaluate", "--workdir", workdir, "--data_dir",
+             test_dir, "--output", output, "--noselect_on_validation", *flags],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run
+
+    evaluate = evaluate_command(output, "--spacing_mm", "0.7")
+    unlogged = evaluate_command(str(root / "unlogged" / "held_out.json"), "--nomlflow")
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     with open(os.path.join(workdir, "mlflow_run_id")) as f:
         run_id = f.read().strip()
     return types.SimpleNamespace(workdir=workdir, first=first, seconds=seconds, again=again,
-                                 evaluate=evaluate, output=output, records=records,
+                                 evaluate=evaluate, unlogged=unlogged, output=output,
+                                 records=records,
                                  run_id=run_id,
                                  client=MlflowClient(f"sqlite:///{workdir}/mlflow.db"))
 
@@ -150,11 +157,14 @@ def test_evaluate_logs_to_the_training_run_with_hd95_in_mm(commands):
         result = json.load(f)
     client, run_id = commands.client, commands.run_id
     metrics = client.get_run(run_id).data.metrics
-    assert metrics["eval/ensemble/pooled_iou"] == pytest.approx(result["ensemble"]["pooled_iou"])
-    assert metrics["eval/final/mean_dice"] == pytest.approx(result["final"]["mean_dice"])
-    assert metrics["eval/num_images"] == 3.0
+    # Named by the output's stem: test.json's numbers are eval/test/...
+    assert metrics["eval/test/ensemble/pooled_iou"] == pytest.approx(
+        result["ensemble"]["pooled_iou"])
+    assert metrics["eval/test/final/mean_dice"] == pytest.approx(result["final"]["mean_dice"])
+    assert metrics["eval/test/num_images"] == 3.0
     folder = os.path.dirname(commands.output)
-    logged = {os.path.basename(a.path) for a in client.list_artifacts(run_id, "eval")}
+    assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/test"]
+    logged = {os.path.basename(a.path) for a in client.list_artifacts(run_id, "eval/test")}
     assert logged == set(os.listdir(folder))
     assert {"test.json", "test.csv", "test.md", "test_curves.png"} <= logged
     # The pixels carry no spacing; --spacing_mm 0.7 gives each HD95 in mm.
@@ -166,6 +176,17 @@ def test_evaluate_logs_to_the_training_run_with_hd95_in_mm(commands):
     md = open(os.path.join(folder, "test.md")).read()
     assert "HD95 in mm (3 of 3 images of known spacing)" in md
     assert f"Evaluation logged to MLflow run {run_id}" in commands.evaluate.stderr
+
+
+def test_evaluate_with_nomlflow_logs_nothing(commands):
+    """--nomlflow: the evaluation's files are written, and nothing of it is logged."""
+    folder = os.path.join(os.path.dirname(commands.workdir), "unlogged")
+    assert {"held_out.json", "held_out.csv", "held_out.md"} <= set(os.listdir(folder))
+    client, run_id = commands.client, commands.run_id
+    logged = [name for name in client.get_run(run_id).data.metrics if name.startswith("eval/")]
+    assert logged and all(name.startswith("eval/test/") for name in logged)
+    assert [a.path for a in client.list_artifacts(run_id, "eval")] == ["eval/test"]
+    assert "MLflow" not in commands.unlogged.stderr
 
 
 def test_the_console_fits_on_a_screen_and_names_the_config_by_its_changes(commands):
