@@ -9,8 +9,8 @@ volume (.nii, .nii.gz), a DICOM series (a folder of .dcm files of one axial seri
 .dcm file, or a folder of slices or volumes (its files). Each input NAME writes
 OUT/NAME_mask.EXT (a DICOM input: NAME_mask.nii.gz), OUT/NAME.json and, with --uncertainty,
 OUT/NAME_uncertainty.EXT. Volumes are reoriented to RAS+ and cut into axial slices in
-radiological display; results go back in the input's own orientation
-(docs/ct_inputs.md; serving/predict.py, serving/scans.py). A call whose outputs would collide
+radiological display; results go back in the input's own orientation (docs/ct_inputs.md;
+serving/predict.py, serving/scans.py, serving/dicom.py). A call whose outputs would collide
 or replace an existing file (without --overwrite) is refused before any work; a bad input is
 reported and skipped. The exit status is 1 if the call was refused or any input failed.
 """
@@ -22,7 +22,7 @@ import tempfile
 from absl import app, flags
 
 from lungseg_jax.core import cli
-from lungseg_jax.serving import exported, predict, scans
+from lungseg_jax.serving import exported, predict
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "Export directory (python -m lungseg_jax.export).")
@@ -64,15 +64,32 @@ def main(argv):
             from lungseg_jax.serving import export  # flax and orbax, only for a workdir
             model_dir = os.path.join(tmp, "export")
             export.export_workdir(FLAGS.workdir, model_dir, platforms=("cpu",))
-        failed = predict.predict_all(
+        outcomes = predict.predict_all(
             exported.ExportedModel(model_dir), inputs, FLAGS.output, FLAGS.overwrite, plan,
             batch_size=FLAGS.batch_size, uncertainty=FLAGS.uncertainty,
             spacing_mm=FLAGS.spacing_mm, threshold=FLAGS.threshold,
             label_sides=FLAGS.label_sides)
+        failed, total = print_outcomes(outcomes)
     if failed:
-        total = len(scans.expand_inputs(inputs))  # folders count by their files
-        print(f"{failed} of {total} inputs failed", file=sys.stderr)
+        print(f"{failed} of {total} inputs failed", file=sys.stderr)  # folders by their files
         sys.exit(1)
+
+
+def print_outcomes(outcomes) -> tuple:
+    """Prints each outcome as it comes (a line on stdout per segmented input, its warnings
+    and each failure on stderr); returns (failed, total)."""
+    failed = total = 0
+    for outcome in outcomes:
+        total += 1
+        if outcome.error is not None:
+            failed += 1
+            print(f"error: {outcome.error}", file=sys.stderr)
+            continue
+        result = outcome.result
+        for warning in result.get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"{outcome.path}: lungs {predict.describe(result)} -> {result['mask']}")
+    return failed, total
 
 
 def run():

@@ -6,8 +6,11 @@ expected masks are exact and the checks test the pipeline: reading, windowing,
 resizing in and out, batching, geometry, measurements and writing.
 """
 
+import io
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -19,8 +22,9 @@ import pytest
 import tifffile
 
 from conftest import REPO
+from lungseg_jax.core import progress
 from lungseg_jax.data import preprocess
-from lungseg_jax.serving import export, exported, predict
+from lungseg_jax.serving import export, exported, inference, predict, scans
 
 try:
     import nibabel
@@ -29,6 +33,7 @@ except ImportError:  # the [nifti] extra; only the NIfTI tests need it
 
 HU_WINDOW = (-1350.0, 150.0)
 SIZE = 32
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 needs_nibabel = pytest.mark.skipif(nibabel is None, reason='NIfTI volumes need nibabel: '
                                    'pip install -e ".[nifti]"')
 
@@ -328,8 +333,11 @@ def test_outputs_are_planned_once_per_call(model, tmp_path, monkeypatch):
     monkeypatch.setattr(predict, "plan_outputs", lambda *a, **k: calls.append(a) or
                         plan_outputs(*a, **k))
     out = tmp_path / "out"
-    assert predict.predict_all(model, [str(tmp_path / "a.npy"), str(tmp_path / "folder")],
-                               str(out)) == 0
+    outcomes = list(predict.predict_all(model, [str(tmp_path / "a.npy"),
+                                                str(tmp_path / "folder")], str(out)))
+    assert [(o.path, o.error) for o in outcomes] == [
+        (str(p), None) for p in (tmp_path / "a.npy", tmp_path / "folder" / "b.npy",
+                                 tmp_path / "folder" / "c.npy")]
     assert len(calls) == 1
     assert sorted(os.listdir(out)) == ["a.json", "a_mask.npy", "b.json", "b_mask.npy",
                                        "c.json", "c_mask.npy"]
@@ -344,10 +352,12 @@ def test_a_file_made_since_the_plan_is_kept(model, tmp_path, capsys):
     plan = predict.plan_outputs(inputs, str(out))
     out.mkdir()
     (out / "b.json").write_text("made since the plan")
-    assert predict.predict_all(model, inputs, str(out), plan=plan) == 1
-    assert capsys.readouterr().err.splitlines() == [
-        f"error: {out / 'b.json'} exists (an output of {inputs[1]}, made since the check); "
-        "give --overwrite to replace it"]
+    first, second = predict.predict_all(model, inputs, str(out), plan=plan)
+    assert first.error is None and first.result["mask"] == str(out / "a_mask.npy")
+    assert isinstance(second.error, predict.OutputError) and second.result is None
+    assert str(second.error) == (f"{out / 'b.json'} exists (an output of {inputs[1]}, made "
+                                 "since the check); give --overwrite to replace it")
+    assert capsys.readouterr() == ("", "")  # the library prints nothing: the command does
     assert (out / "b.json").read_text() == "made since the plan"
     # b's mask was written before its report was refused; no temporary file is left.
     assert sorted(os.listdir(out)) == ["a.json", "a_mask.npy", "b.json", "b_mask.npy"]
@@ -395,3 +405,80 @@ def test_command_line_labels_sides_and_prints_warnings(model_dir, tmp_path):
         f"warning: {tmp_path / 'stack.nii.gz'}: axial slices along array axis 2 (S) would be "
         "32 x 3 voxels while that axis has 32: the volume looks stacked along another axis; "
         "check its affine"]
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+class ConstantModel:
+    """An ExportedModel's interface: probability 0.25 everywhere; ``fail_at``: the call
+    (counted from 1) that raises instead."""
+
+    input_shape = (SIZE, SIZE, 1)
+
+    def __init__(self, fail_at=None):
+        self.calls, self.fail_at = 0, fail_at
+
+    def ensemble(self, batch, batch_size):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("the model failed")
+        return np.full(batch.shape[:3], 0.25, np.float32)
+
+    def snapshots(self, batch, batch_size):
+        return self.ensemble(batch, batch_size)[None]
+
+
+def bar_on_a_terminal(monkeypatch) -> Terminal:
+    """Makes segment's progress bar draw on a terminal whose clock stands still, with an
+    interval no batch reaches: only the first and the forced draws happen."""
+    out, real = Terminal(), progress.Progress
+    monkeypatch.setattr(progress, "Progress", lambda *a, **k: real(
+        *a, **{**k, "stream": out, "interval": 1e9, "clock": lambda: 1000.0, "width": 100}))
+    return out
+
+
+def test_segment_draws_its_last_batch(monkeypatch):
+    out = bar_on_a_terminal(monkeypatch)
+    probability, _ = predict.segment(ConstantModel(), np.zeros((10, 20, 20), np.float32),
+                                     batch_size=4, show_progress=True)
+    assert probability.shape == (10, 20, 20)
+    drawn = re.findall(r"step (\d+)/10", ANSI.sub("", out.getvalue()))
+    assert sorted(set(drawn), key=int) == ["4", "10"]  # the first batch, and the last
+
+
+def test_a_failing_model_gives_stderr_and_the_log_back(monkeypatch):
+    out = bar_on_a_terminal(monkeypatch)
+    stderr, handler = sys.stderr, logging.StreamHandler(out)  # a log on the bar's terminal
+    logging.getLogger().addHandler(handler)
+    try:
+        with pytest.raises(RuntimeError, match="the model failed"):
+            predict.segment(ConstantModel(fail_at=2), np.zeros((10, 20, 20), np.float32),
+                            batch_size=4, show_progress=True)
+        assert sys.stderr is stderr and handler.stream is out
+    finally:
+        sys.stderr = stderr
+        logging.getLogger().removeHandler(handler)
+
+
+def test_sides_are_counted_by_inferences_labels(monkeypatch):
+    labels = np.zeros((1, 4, 4), np.uint8)
+    labels[0, :, 0] = inference.RIGHT  # 4 pixels
+    labels[0, :2, 3] = inference.LEFT  # 2 pixels
+    scan = scans.Scan(labels.astype(np.float32), ".npy", (0.5, 0.5))
+    assert predict._sides(labels, scan) == {
+        "right": {"lung_pixels": 4, "lung_area_mm2": 1.0},
+        "left": {"lung_pixels": 2, "lung_area_mm2": 0.5}}
+    monkeypatch.setattr(predict, "RIGHT", inference.LEFT)  # other labels, other counts
+    monkeypatch.setattr(predict, "LEFT", inference.RIGHT)
+    assert predict._sides(labels, scan)["right"]["lung_pixels"] == 2
+
+
+def test_the_library_exports_what_it_defines_or_uses():
+    assert sorted(predict.__all__) == [
+        "InputError", "Outcome", "OutputError", "Outputs", "describe", "measure",
+        "outputs_of", "plan_outputs", "predict_all", "predict_file", "read_scan", "segment",
+        "split_name"]
+    assert all(hasattr(predict, name) for name in predict.__all__)

@@ -388,6 +388,7 @@ def test_pydicoms_own_ct_slice(below, tmp_path):
     truth = hu < -600  # the air above the head: resizing to the model and back blurs edges
     assert (mask & truth).sum() / (mask | truth).sum() > 0.9
     assert result["lung_pixels"] == mask.sum() and "lung_volume_ml" not in result
+    assert result["orientation"] == "LPS"  # a slice, yet from a file that records it
     assert result["lung_area_mm2"] == pytest.approx(mask.sum() * 0.661468 ** 2)
 
 
@@ -423,6 +424,34 @@ def test_dicom_series_that_cannot_be_placed_are_refused_in_one_line(tmp_path):
         with pytest.raises(scans.InputError) as error:
             scans.read_scan(str(folder), HU_WINDOW)
         assert str(error.value) == message
+
+
+@needs_pydicom
+def test_a_multi_frame_file_is_refused_before_its_geometry_is_read(tmp_path):
+    """Enhanced multi-frame CT keeps ImageOrientationPatient per frame, not at the top: the
+    file is named as multi-frame, wherever it sorts in its folder and alone."""
+    series = tmp_path / "series"
+    write_series(series, count=2)
+    enhanced = series / "z.dcm"
+    write_dicom(enhanced, np.full((SIZE, SIZE), BODY), (-12.0, -10.0, 90.0),
+                DICOM_ORIENTATIONS["standard"][0])
+    ds = pydicom.dcmread(enhanced)
+    del ds.ImageOrientationPatient, ds.ImagePositionPatient, ds.PixelSpacing
+    ds.NumberOfFrames = 3
+    ds.PixelData = ds.PixelData * 3
+    ds.save_as(enhanced, enforce_file_format=True)
+    for path in (series, enhanced):
+        with pytest.raises(scans.InputError) as error:
+            scans.read_scan(str(path), HU_WINDOW)
+        assert str(error.value) == (f"{enhanced}: a multi-frame image (3 frames); expected "
+                                    "one slice per file")
+
+
+def test_a_missing_file_or_folder_is_named_as_missing(tmp_path):
+    for name in ("dicom_typo", "scan.nii.gz", "notes.txt"):  # a folder, a file, any suffix
+        with pytest.raises(scans.InputError) as error:
+            scans.read_scan(str(tmp_path / name), HU_WINDOW)
+        assert str(error.value) == f"{tmp_path / name}: no such file or folder"
 
 
 @needs_pydicom

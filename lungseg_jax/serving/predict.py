@@ -1,8 +1,9 @@
 """Segmenting the lungs in CT slices and volumes with an exported model: planning a call's
 outputs, segmenting, measuring and writing the results (docs/ct_inputs.md).
 
-Inputs (read by ``serving.scans``): 2-D slices (TIFF, NPY, PNG), NIfTI volumes, DICOM series
-(a folder of ``.dcm`` files, or one file) and folders of slices or volumes (their files).
+Inputs (named by ``serving.inputs``, read by ``serving.scans`` and ``serving.dicom``): 2-D
+slices (TIFF, NPY, PNG), NIfTI volumes, DICOM series (a folder of ``.dcm`` files, or one
+file) and folders of slices or volumes (their files).
 For each input ``NAME`` it writes ``OUT/NAME_mask.EXT`` in the input's format and geometry
 (a DICOM input: ``NAME_mask.nii.gz``), ``OUT/NAME.json`` (lung pixels and area in mm² when
 the pixel spacing is known, or voxels and volume in mL) and, with ``uncertainty``,
@@ -18,25 +19,27 @@ Windows), when an output exists already (unless ``overwrite``) or when an output
 input of the same call. Each file is written to a temporary file beside it and renamed into
 place, so a crash leaves no half-written output; without ``overwrite`` the rename never
 replaces a file made since the plan (that input fails with an OutputError). A bad input
-(unreadable, empty, wrongly shaped, non-finite values) is reported and skipped; the exit
-status is 1 if any input failed.
+(unreadable, empty, wrongly shaped, non-finite values) fails alone: ``predict_all`` yields
+its error and goes on (the command prints the outcomes).
 """
 
 import dataclasses
 import json
 import os
-import sys
+import pathlib
+from collections.abc import Iterator
 
 import numpy as np
 
 from lungseg_jax.core import files, progress
 from lungseg_jax.data.preprocess import resize_image, to_native
 from lungseg_jax.serving import exported, scans
+from lungseg_jax.serving.inference import LEFT, RIGHT, lung_mask, with_flip_tta
 from lungseg_jax.serving.inference import label_sides as side_labels
-from lungseg_jax.serving.inference import lung_mask, with_flip_tta
-from lungseg_jax.serving.scans import InputError, read_scan, split_name  # noqa: F401 (API)
+from lungseg_jax.serving.inputs import InputError, expand_inputs, output_suffix, split_name
+from lungseg_jax.serving.scans import read_scan
 
-__all__ = ["InputError", "OutputError", "Outputs", "describe", "lung_mask", "measure",
+__all__ = ["InputError", "Outcome", "OutputError", "Outputs", "describe", "measure",
            "outputs_of", "plan_outputs", "predict_all", "predict_file", "read_scan", "segment",
            "split_name"]
 
@@ -61,7 +64,7 @@ def outputs_of(path: str, output: str, uncertainty: bool = False,
                kind: str | None = None) -> Outputs:
     """The files that input ``path`` (of ``kind``, by default by its suffix) writes into
     the folder ``output``."""
-    stem, suffix = split_name(path)[0], scans.output_suffix(path, kind)
+    stem, suffix = split_name(path)[0], output_suffix(path, kind)
     return Outputs(os.path.join(output, f"{stem}_mask{suffix}"),
                    os.path.join(output, f"{stem}.json"),
                    os.path.join(output, f"{stem}_uncertainty{suffix}") if uncertainty else None)
@@ -97,13 +100,13 @@ def _refuse_replacing(plan: dict, overwrite: bool) -> None:
 def plan_outputs(paths: list, output: str, uncertainty: bool = False,
                  overwrite: bool = False) -> dict:
     """``{input: Outputs}`` for each input of ``paths`` of a supported format, folders
-    expanded (``scans.expand_inputs``; the others fail when read), checked before any work:
+    expanded (``inputs.expand_inputs``; the others fail when read), checked before any work:
     raises OutputError naming the files if two inputs would write one file, an output is an
     input, or an output exists and not ``overwrite``."""
     if os.path.exists(output) and not os.path.isdir(output):
         raise OutputError(f"{output}: --output exists and is not a folder")
     plan = {i.path: outputs_of(i.path, output, uncertainty, i.kind)
-            for i in scans.expand_inputs(paths) if i.error is None and i.kind is not None}
+            for i in expand_inputs(paths) if i.error is None and i.kind is not None}
     _refuse_shared_outputs(plan)
     _refuse_replacing(plan, overwrite)
     return plan
@@ -122,18 +125,21 @@ def segment(model: exported.ExportedModel, slices: np.ndarray, batch_size: int =
     count, height, width = slices.shape
     bar = progress.Progress(count, 0, 1, enabled=show_progress if count > batch_size else False)
     probability, spread = [], []
-    for start in range(0, count, batch_size):
-        batch = np.stack([resize_image(s, size) for s in slices[start:start + batch_size]])
-        batch = np.repeat(batch[..., None], channels, axis=-1)
-        if uncertainty:
-            members = snapshots(batch, batch_size)
-            probability.append(members.mean(axis=0))
-            spread.append(members.std(axis=0))
-        else:
-            probability.append(ensemble(batch, batch_size))
-        if bar.due():
-            bar.draw(min(start + batch_size, count))
-    bar.close()
+    try:  # the bar gives stderr and the log handlers back even when the model fails
+        for start in range(0, count, batch_size):
+            batch = np.stack([resize_image(s, size) for s in slices[start:start + batch_size]])
+            batch = np.repeat(batch[..., None], channels, axis=-1)
+            if uncertainty:
+                members = snapshots(batch, batch_size)
+                probability.append(members.mean(axis=0))
+                spread.append(members.std(axis=0))
+            else:
+                probability.append(ensemble(batch, batch_size))
+            done = min(start + batch_size, count)
+            if bar.due(done):  # always at the last batch: the bar ends at count/count
+                bar.draw(done)
+    finally:
+        bar.close()
 
     def native(maps):
         return np.stack([to_native(m, (height, width)) for m in np.concatenate(maps)])
@@ -158,7 +164,7 @@ def measure(mask: np.ndarray, scan: scans.Scan) -> dict:
 def _sides(labels: np.ndarray, scan: scans.Scan) -> dict:
     keep = ("lung_voxels", "lung_volume_ml", "lung_pixels", "lung_area_mm2")
     return {side: {k: v for k, v in measure(labels == value, scan).items() if k in keep}
-            for side, value in (("right", 1), ("left", 2))}
+            for side, value in (("right", RIGHT), ("left", LEFT))}
 
 
 def predict_file(model: exported.ExportedModel, path: str, output: str, batch_size: int = 8,
@@ -207,17 +213,12 @@ def predict_file(model: exported.ExportedModel, path: str, output: str, batch_si
     try:
         for out, array, kind in written:
             scans.write_like(scan, array, out, kind, replace=overwrite)
-        files.write_file_atomic(outputs.report, lambda tmp: _write_text(tmp, report),
+        files.write_file_atomic(outputs.report, lambda tmp: pathlib.Path(tmp).write_text(report),
                                 replace=overwrite)
     except FileExistsError as e:
         raise OutputError(f"{e.filename} exists (an output of {path}, made since the check); "
                           "give --overwrite to replace it") from e
     return result
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
 
 
 def describe(result: dict) -> str:
@@ -235,26 +236,38 @@ def describe(result: dict) -> str:
                              if sides else "")
 
 
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What became of one input of a call: its ``result`` (``predict_file``'s report), or
+    the ``error`` (InputError or OutputError) that made it fail."""
+
+    path: str
+    result: dict | None = None
+    error: ValueError | None = None
+
+
 def predict_all(model: exported.ExportedModel, paths: list, output: str,
-                overwrite: bool = False, plan: dict | None = None, **options) -> int:
+                overwrite: bool = False, plan: dict | None = None,
+                **options) -> Iterator[Outcome]:
     """``predict_file`` for each input of ``paths`` (folders expanded; ``options``: its
-    keyword arguments), a line each on stdout. ``plan``: the call's ``plan_outputs`` (made
-    here when None: raises its OutputError before any work). A bad input is reported on
-    stderr and skipped, and an input's warnings are printed there. Returns how many failed."""
+    keyword arguments), one Outcome each, yielded as each is done: a bad input (or an
+    output made since the plan) is an Outcome with its error, and the others go on.
+    ``plan``: the call's ``plan_outputs`` (made here when None: its OutputError is raised
+    by this call, before any work)."""
     if plan is None:
         plan = plan_outputs(paths, output, options.get("uncertainty", False), overwrite)
-    failed = 0
-    for item in scans.expand_inputs(paths):
+    return _outcomes(model, expand_inputs(paths), output, overwrite, plan, options)
+
+
+def _outcomes(model, inputs: list, output: str, overwrite: bool, plan: dict,
+              options: dict) -> Iterator[Outcome]:
+    for item in inputs:
         try:
             if item.error is not None:
                 raise item.error
             result = predict_file(model, item.path, output, overwrite=overwrite,
                                   outputs=plan.get(item.path), **options)
         except (InputError, OutputError) as e:  # OutputError: a file made since the plan
-            failed += 1
-            print(f"error: {e}", file=sys.stderr)
-            continue
-        for warning in result.get("warnings", []):
-            print(f"warning: {warning}", file=sys.stderr)
-        print(f"{item.path}: lungs {describe(result)} -> {result['mask']}")
-    return failed
+            yield Outcome(item.path, error=e)
+        else:
+            yield Outcome(item.path, result)

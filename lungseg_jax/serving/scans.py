@@ -1,5 +1,6 @@
-"""The inputs of predict, read as axial slices in radiological display, and results written
-back in each input's own format and geometry (docs/ct_inputs.md).
+"""The inputs of predict read as axial slices in radiological display, and results written
+back in each input's own format and geometry (docs/ct_inputs.md). Names, folders and the
+checks every reader shares: ``serving.inputs``; DICOM series: ``serving.dicom``.
 
 - 2-D slices: TIFF and NPY (Hounsfield values), PNG (8/16-bit grey, colour made grey, taken
   as already windowed: 0 = hu_min, white = hu_max). A slice is taken to be shown as the
@@ -10,20 +11,14 @@ back in each input's own format and geometry (docs/ct_inputs.md).
   Right, Anterior and Superior; ``nibabel.orientations.io_orientation``), then cut along S
   into axial slices shown in radiological display (``Geometry.to_slices``); results go
   back through the inverse transform, with the input's own header and affine.
-- DICOM (pydicom and nibabel, ``pip install -e ".[dicom]"``): a folder holding one axial
-  series of ``.dcm`` files, or one ``.dcm`` file. Rescale slope and intercept give Hounsfield
-  units; slices are sorted by their position (ImagePositionPatient) along the slice normal
-  (from ImageOrientationPatient); results are NIfTI files (``.nii.gz``) whose affine is
-  built from the DICOM geometry (``dicom_affine``).
-- A folder of slices or volumes stands for its files (``expand_inputs``).
+- DICOM (``serving.dicom``): results are NIfTI files (``.nii.gz``) whose affine is built
+  from the DICOM geometry (``dicom.dicom_affine``).
 
 A bad input raises InputError with one line naming the file (or folder) and the value.
 """
 
-import contextlib
 import dataclasses
 import os
-from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -31,125 +26,11 @@ import tifffile
 
 from lungseg_jax.core import files
 from lungseg_jax.data.preprocess import window
-from lungseg_jax.data.slices import as_slice, tiff_page_spacing_mm
-
-SLICE_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
-VOLUME_SUFFIXES = (".nii", ".nii.gz")
-DICOM_SUFFIX = ".dcm"
-SUFFIXES = SLICE_SUFFIXES + VOLUME_SUFFIXES + (DICOM_SUFFIX,)
-DICOM_OUTPUT_SUFFIX = ".nii.gz"
-# DICOM geometry tolerances: direction cosines that agree, and slice gaps that are even.
-COSINE_TOLERANCE = 1e-4
-GAP_TOLERANCE = (0.01, 0.01)  # relative, mm: a gap may differ from the median by the larger
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-AXIS_NAMES = ("right-left", "anterior-posterior", "superior-inferior")
-
-
-class InputError(ValueError):
-    """A bad input; the message names the file and what is wrong."""
-
-
-class Input(NamedTuple):
-    """One input of a call: a file, or a folder holding a DICOM series. ``kind``: 'slice',
-    'volume', 'dicom' or None (unsupported; reading it raises ``error``'s kind of message);
-    ``error``: an InputError already known (a folder with nothing to predict)."""
-
-    path: str
-    kind: str | None
-    error: InputError | None = None
-
-
-def split_name(path: str) -> tuple:
-    """(stem, suffix), with ``.nii.gz`` as one suffix; the suffix lower-cased. A folder's
-    stem is its whole name, its suffix ''."""
-    if os.path.isdir(path):
-        return os.path.basename(os.path.normpath(path)), ""
-    base = os.path.basename(path)
-    if base.lower().endswith(".nii.gz"):
-        return base[:-7], ".nii.gz"
-    stem, suffix = os.path.splitext(base)
-    return stem, suffix.lower()
-
-
-def kind_of(path: str) -> str | None:
-    """'slice', 'volume' or 'dicom' by the suffix of a file's name (None: unsupported)."""
-    suffix = split_name(path)[1]
-    if suffix in SLICE_SUFFIXES:
-        return "slice"
-    if suffix in VOLUME_SUFFIXES:
-        return "volume"
-    return "dicom" if suffix == DICOM_SUFFIX else None
-
-
-def output_suffix(path: str, kind: str | None = None) -> str:
-    """The suffix of an input's mask: its own, or ``.nii.gz`` for DICOM."""
-    kind = kind or kind_of(path)
-    return DICOM_OUTPUT_SUFFIX if kind == "dicom" else split_name(path)[1]
-
-
-def _folder_files(folder: str) -> list:
-    return sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                  if not n.startswith(".") and os.path.isfile(os.path.join(folder, n)))
-
-
-def expand_inputs(paths: list) -> list:
-    """Each of ``paths`` as Inputs, in order: a file as itself (kind by its suffix); a
-    folder holding ``.dcm`` files as one DICOM series; a folder of slices or volumes as its
-    files of those formats, sorted (its other files and subfolders are left out). A folder
-    with both, or with neither, is one Input with its ``error``."""
-    inputs = []
-    for path in paths:
-        path = os.fspath(path)
-        if not os.path.isdir(path):
-            inputs.append(Input(path, kind_of(path)))
-            continue
-        try:
-            found = [(f, kind_of(f)) for f in _folder_files(path)]
-        except OSError as e:
-            inputs.append(Input(path, None, InputError(f"{path}: cannot list the folder: {e}")))
-            continue
-        dicom = [f for f, kind in found if kind == "dicom"]
-        others = [(f, kind) for f, kind in found if kind in ("slice", "volume")]
-        if dicom and others:
-            error = InputError(f"{path}: holds both DICOM (.dcm) files and other inputs "
-                               f"({os.path.basename(others[0][0])}, ...): give the series "
-                               "and the other files as separate folders")
-            inputs.append(Input(path, None, error))
-        elif dicom:
-            inputs.append(Input(path, "dicom"))
-        elif others:
-            inputs.extend(Input(f, kind) for f, kind in others)
-        else:
-            inputs.append(Input(path, None, InputError(
-                f"{path}: a folder with nothing to predict: no {', '.join(SUFFIXES)} files "
-                "(subfolders are not searched)")))
-    return inputs
-
-
-def _import(module: str, path: str, extra: str):
-    """The optional ``module``, or an InputError naming ``path`` and the extra to install."""
-    try:
-        return __import__(module)
-    except ImportError as e:  # reported like any bad input; the other inputs go on
-        raise InputError(f"{path}: reading it needs {module}: "
-                         f'pip install -e ".[{extra}]"') from e
-
-
-@contextlib.contextmanager
-def _reading(path: str):
-    """Turns the exception of a reader of ``path`` into an InputError naming the file."""
-    try:
-        yield
-    except InputError:
-        raise
-    except Exception as e:  # the readers raise many types for broken files
-        raise InputError(f"{path}: cannot read: {e}") from e
-
-
-def _nonempty(array: np.ndarray, path: str, kind: str) -> np.ndarray:
-    if array.size == 0:
-        raise InputError(f"{path}: empty {kind}, shape {array.shape}")
-    return array
+from lungseg_jax.data.slices import tiff_page_spacing_mm
+from lungseg_jax.serving import dicom
+from lungseg_jax.serving.inputs import (DICOM_OUTPUT_SUFFIX, SUFFIXES, InputError,
+                                        expand_inputs, import_extra, kind_of, reading,
+                                        slice_2d, split_name, volume_array)
 
 
 @dataclasses.dataclass
@@ -237,39 +118,22 @@ class Scan:
         return tuple(self.geometry.shape if self.geometry else self.slices.shape[1:])
 
 
-def _slice_2d(array: np.ndarray, path: str) -> np.ndarray:
-    try:
-        return _nonempty(as_slice(array, path), path, "slice")
-    except ValueError as e:
-        raise InputError(str(e)) from e
-
-
-def _volume_array(values: np.ndarray, path: str) -> np.ndarray:
-    """A non-empty, finite 3-D array; InputError naming ``path`` (and the first non-finite
-    voxel's index in the file's array) otherwise."""
-    # Squeeze only trailing singleton axes (e.g. a 4-D file with one time point).
-    while values.ndim > 3 and values.shape[-1] == 1:
-        values = values[..., 0]
-    if values.ndim != 3:
-        raise InputError(f"{path}: expected a 3-D volume, got shape {values.shape}")
-    _nonempty(values, path, "volume")
-    if not np.all(np.isfinite(values)):
-        bad = np.argwhere(~np.isfinite(values))[0]
-        raise InputError(f"{path}: non-finite voxel value {values[tuple(bad)]} at array "
-                         f"index {tuple(int(i) for i in bad)}")
-    return values
+def slice_spacing_mm(recorded: tuple | None, spacing_mm: float | None) -> tuple | None:
+    """A 2-D slice's (row, column) pixel spacing in mm: the one its file records, else
+    ``(spacing_mm, spacing_mm)`` (given for slices that record none), else None."""
+    return recorded or ((spacing_mm, spacing_mm) if spacing_mm else None)
 
 
 def _read_png(path: str) -> np.ndarray:
     """An already windowed PNG (grey, or colour made grey) as (1, H, W) in [0, 1]."""
-    with _reading(path):
+    with reading(path):
         image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise InputError(f"{path}: cannot read as PNG")
     if image.ndim == 3 and image.shape[-1] in (3, 4):
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2GRAY if image.shape[-1] == 4
                              else cv2.COLOR_BGR2GRAY)
-    image = _slice_2d(image, path)
+    image = slice_2d(image, path)
     return (image / np.iinfo(image.dtype).max).astype(np.float32)[None]
 
 
@@ -298,172 +162,36 @@ def _orientation_doubts(path: str, header, geometry: Geometry) -> tuple:
 
 
 def _read_nifti(path: str, suffix: str, hu_window: tuple) -> Scan:
-    nibabel = _import("nibabel", path, "nifti")
-    with _reading(path):
+    nibabel = import_extra("nibabel", path, "nifti")
+    with reading(path):
         image = nibabel.load(path)
         values = np.asarray(image.dataobj, np.float32)
         affine = np.asarray(image.affine, float)
-    values = _volume_array(values, path)
+    values = volume_array(values, path)
     geometry = Geometry(affine, values.shape, image.header, type(image))
     warnings, unknown = _orientation_doubts(path, image.header, geometry)
     return Scan(window(geometry.to_slices(values), *hu_window), suffix, geometry.spacing_mm,
                 True, geometry, unknown, warnings)
 
 
-def _floats(ds, keyword: str, count: int, path: str) -> np.ndarray:
-    value = ds.get(keyword)
-    try:
-        values = np.array([float(v) for v in value], float)
-    except (TypeError, ValueError):
-        values = np.array([])
-    if values.shape != (count,) or not np.all(np.isfinite(values)):
-        raise InputError(f"{path}: {keyword} is {value!r}; expected {count} numbers to place "
-                         "the slice")
-    return values
-
-
-def _number(ds, keyword: str, default: float, path: str) -> float:
-    value = ds.get(keyword)
-    if value is None or value == "":
-        return default
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not np.isfinite(number):
-        raise InputError(f"{path}: {keyword} is {value!r}; expected a number")
-    return number
-
-
-def dicom_affine(position: np.ndarray, orientation: np.ndarray, pixel_spacing: np.ndarray,
-                 step: np.ndarray) -> np.ndarray:
-    """The RAS+ affine of a series' array (column, row, slice), from the DICOM geometry (LPS
-    millimetres): voxel (i, j, k) lies at ``position`` (ImagePositionPatient of the first
-    slice) + i * column spacing * the row direction (ImageOrientationPatient[:3]) + j * row
-    spacing * the column direction (ImageOrientationPatient[3:]) + k * ``step`` (from one
-    slice's position to the next), flipped from LPS to RAS."""
-    lps = np.eye(4)
-    lps[:3, 0] = orientation[:3] * pixel_spacing[1]
-    lps[:3, 1] = orientation[3:] * pixel_spacing[0]
-    lps[:3, 2] = step
-    lps[:3, 3] = position
-    return LPS_TO_RAS @ lps
-
-
-def _dicom_datasets(path: str, pydicom) -> tuple:
-    """(file names, datasets) of the ``.dcm`` files of folder ``path`` (or file ``path``):
-    one series."""
-    names = ([f for f in _folder_files(path) if kind_of(f) == "dicom"] if os.path.isdir(path)
-             else [path])
-    datasets = []
-    for name in names:
-        with _reading(name):
-            datasets.append(pydicom.dcmread(name))
-    series = sorted({str(ds.get("SeriesInstanceUID", "")) for ds in datasets})
-    if len(series) > 1:
-        raise InputError(f"{path}: holds {len(series)} series (SeriesInstanceUID "
-                         f"{', '.join(series)}): give one series per folder")
-    return names, datasets
-
-
-def _axial_normal(path: str, orientation: np.ndarray) -> np.ndarray:
-    """The slice normal (row direction x column direction); InputError unless closest to
-    the superior-inferior axis."""
-    normal = np.cross(orientation[:3], orientation[3:])
-    closest = int(np.argmax(np.abs(normal)))
-    if closest != 2:
-        raise InputError(f"{path}: not an axial series: its slice normal "
-                         f"{tuple(round(float(v), 3) + 0.0 for v in normal)} (from "
-                         "ImageOrientationPatient "
-                         f"{tuple(float(v) + 0.0 for v in orientation)}) is closest to the "
-                         f"{AXIS_NAMES[closest]} axis; only axial series are supported")
-    return normal
-
-
-def _dicom_slice(path: str, name: str, ds, first: tuple) -> tuple:
-    """(Hounsfield slice, ImagePositionPatient) of one file of series ``path``; ``first``:
-    the first file's (name, ImageOrientationPatient, PixelSpacing), which every file shares."""
-    first_name, orientation, spacing = first
-    differs = f"of {os.path.basename(name)} differs from {os.path.basename(first_name)}'s"
-    if not np.allclose(_floats(ds, "ImageOrientationPatient", 6, name), orientation,
-                       atol=COSINE_TOLERANCE):
-        raise InputError(f"{path}: slices of several orientations (ImageOrientationPatient "
-                         f"{differs})")
-    if not np.allclose(_floats(ds, "PixelSpacing", 2, name), spacing):
-        raise InputError(f"{path}: slices of several pixel spacings (PixelSpacing {differs})")
-    position = _floats(ds, "ImagePositionPatient", 3, name)
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise InputError(f"{name}: a multi-frame image ({ds.NumberOfFrames} frames); expected "
-                         "one slice per file")
-    with _reading(name):
-        pixels = _slice_2d(ds.pixel_array, name)
-    slope = _number(ds, "RescaleSlope", 1.0, name)
-    if slope == 0:
-        raise InputError(f"{name}: RescaleSlope is 0")
-    intercept = _number(ds, "RescaleIntercept", 0.0, name)
-    return pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept), position
-
-
-def _slice_order(path: str, names: list, positions: list, normal: np.ndarray) -> np.ndarray:
-    """The slices' order along ``normal``; InputError for two at one position or uneven gaps."""
-    along = np.array([p @ normal for p in positions])
-    order = np.argsort(along, kind="stable")
-    along, gaps = along[order], np.diff(along[order])
-    if np.any(gaps < GAP_TOLERANCE[1]):
-        i = int(np.flatnonzero(gaps < GAP_TOLERANCE[1])[0])
-        raise InputError(f"{path}: two slices at one position ({along[i]:.3f} mm along the "
-                         f"slice normal): {os.path.basename(names[order[i]])} and "
-                         f"{os.path.basename(names[order[i + 1]])} (several acquisitions?)")
-    if len(gaps):
-        median = float(np.median(gaps))
-        if np.any(np.abs(gaps - median) > max(GAP_TOLERANCE[0] * median, GAP_TOLERANCE[1])):
-            raise InputError(f"{path}: uneven slice positions: gaps from {gaps.min():.3f} to "
-                             f"{gaps.max():.3f} mm along the slice normal (a missing slice?)")
-    return order
-
-
 def _read_dicom(path: str, hu_window: tuple) -> Scan:
-    """One axial series (a folder of ``.dcm`` files, or one file) as a Scan whose geometry
-    is ``dicom_affine``'s; one slice is measured as a slice (mm²), several as a volume."""
-    pydicom = _import("pydicom", path, "dicom")
-    _import("nibabel", path, "dicom")  # the masks are written as NIfTI
-    names, datasets = _dicom_datasets(path, pydicom)
-    if not names:
-        raise InputError(f"{path}: no .dcm files")
-    orientation = _floats(datasets[0], "ImageOrientationPatient", 6, names[0])
-    spacing = _floats(datasets[0], "PixelSpacing", 2, names[0])
-    normal = _axial_normal(path, orientation)
-    images, positions = zip(*[_dicom_slice(path, name, ds, (names[0], orientation, spacing))
-                              for name, ds in zip(names, datasets)])
-    for name, image in zip(names, images):
-        if image.shape != images[0].shape:
-            raise InputError(f"{path}: slices of several sizes ({os.path.basename(name)} is "
-                             f"{image.shape}, {os.path.basename(names[0])} {images[0].shape})")
-    order = _slice_order(path, names, positions, normal)
-    if len(order) > 1:  # from one slice's position to the next (with a gantry tilt's shear)
-        step = (positions[order[-1]] - positions[order[0]]) / (len(order) - 1)
-    else:  # one slice: its thickness, for the NIfTI header only
-        ds = datasets[0]
-        step = normal * float(ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0)
-    # The NIfTI array (column, row, slice): voxel (i, j, k) is pixel (j, i) of slice k.
-    values = _volume_array(np.stack([images[i] for i in order], axis=-1).transpose(1, 0, 2),
-                           path)
-    geometry = Geometry(dicom_affine(positions[order[0]], orientation, spacing, step),
-                        values.shape)
-    modality = str(datasets[0].get("Modality", "CT"))
-    warnings = [] if modality == "CT" else [
-        f"{path}: Modality is {modality!r}, not CT: its values may not be Hounsfield units"]
-    is_volume = len(order) > 1
-    return Scan(window(geometry.to_slices(values), *hu_window), DICOM_OUTPUT_SUFFIX,
+    """One axial series (``dicom.read_series``) as a Scan; one slice is measured as a slice
+    (mm²), several as a volume."""
+    series = dicom.read_series(path)
+    geometry = Geometry(series.affine, series.values.shape)
+    is_volume = series.num_slices > 1
+    return Scan(window(geometry.to_slices(series.values), *hu_window), DICOM_OUTPUT_SUFFIX,
                 geometry.spacing_mm if is_volume else geometry.spacing_mm[:2], is_volume,
-                geometry, warnings=warnings)
+                geometry, warnings=series.warnings)
 
 
 def read_scan(path: str, hu_window: tuple, spacing_mm: float | None = None) -> Scan:
     """Reads one input (a file, or a folder holding a DICOM series); raises InputError for
-    an unreadable, unsupported, empty, mis-shaped or non-finite input. ``spacing_mm``: the
-    pixel spacing of 2-D slices that do not record it."""
+    a missing, unreadable, unsupported, empty, mis-shaped or non-finite input.
+    ``spacing_mm``: the pixel spacing of 2-D slices that do not record it."""
     path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file or folder")
     if os.path.isdir(path):
         expanded = expand_inputs([path])
         if expanded[0].error is not None:
@@ -478,21 +206,21 @@ def read_scan(path: str, hu_window: tuple, spacing_mm: float | None = None) -> S
         raise InputError(f"{path}: unsupported format {suffix or '(no suffix)'!r}; expected "
                          f"one of {', '.join(SUFFIXES)} or a folder")
     if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{path}: not a regular file")
     if kind == "volume":
         return _read_nifti(path, suffix, hu_window)
     if kind == "dicom":
         return _read_dicom(path, hu_window)
-    given = (spacing_mm, spacing_mm) if spacing_mm else None
     if suffix == ".png":
-        return Scan(_read_png(path), suffix, given)
+        return Scan(_read_png(path), suffix, slice_spacing_mm(None, spacing_mm))
     if suffix == ".npy":
-        with _reading(path):
-            image, spacing = np.load(path, allow_pickle=False), None
+        with reading(path):
+            image, recorded = np.load(path, allow_pickle=False), None
     else:
-        with _reading(path), tifffile.TiffFile(path) as tif:
-            image, spacing = tif.asarray(), tiff_page_spacing_mm(tif.pages[0])
-    return Scan(window(_slice_2d(image, path), *hu_window)[None], suffix, spacing or given)
+        with reading(path), tifffile.TiffFile(path) as tif:
+            image, recorded = tif.asarray(), tiff_page_spacing_mm(tif.pages[0])
+    return Scan(window(slice_2d(image, path), *hu_window)[None], suffix,
+                slice_spacing_mm(recorded, spacing_mm))
 
 
 def _write_nifti(geometry: Geometry, values: np.ndarray, path: str) -> None:
