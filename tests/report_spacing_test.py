@@ -10,6 +10,7 @@ import tifffile
 from etils import epath
 
 from lungseg_jax.evaluation import report
+from lungseg_jax.serving import scans
 
 
 def square_and_shifted(rows: int, columns: int):
@@ -86,3 +87,19 @@ def test_csv_and_markdown_give_hd95_in_mm_where_the_spacing_is_known(tmp_path):
             f"max {max(2.1, hd_b):.2f} mm.") in text
     unknown = report.hd95_summary([{**r, "hd95_mm": None} for r in rows])
     assert "HD95 in mm: unknown" in unknown and "--spacing_mm" in unknown
+
+
+def test_hd95_in_pixels_is_hd95_at_unit_spacing():
+    """One distance transform for both units: pixels are millimetres at 1 mm a pixel, to
+    the last bit (diagonal distances included)."""
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        a, b = rng.random((2, 24, 24)) < 0.3
+        assert report.hd95(a, b) == report.hd95(a, b, (1.0, 1.0))
+    assert report.hd95(*pixel_and(7, 6)) == 5.0  # 3 rows and 4 columns apart
+
+
+def test_a_slice_spacing_is_the_recorded_one_else_the_given_one():
+    assert scans.slice_spacing_mm((1.0, 0.5), 0.7) == (1.0, 0.5)
+    assert scans.slice_spacing_mm(None, 0.7) == (0.7, 0.7)
+    assert scans.slice_spacing_mm(None, None) is None

@@ -3,6 +3,7 @@
 import contextlib
 import errno
 import os
+import pathlib
 
 from etils import epath
 
@@ -18,23 +19,13 @@ def absolute(path: epath.PathLike) -> epath.Path:
 
 
 def write_atomic(path: epath.PathLike, text: str) -> None:
-    """Replaces ``path`` by ``text`` all at once: a local file through a synced temporary
-    file renamed over it; an object (``gs://``) in one upload, which the store makes atomic
-    (it has no atomic rename)."""
+    """Replaces ``path`` by ``text`` all at once: a local file through ``write_file_atomic``
+    (a synced temporary file renamed over it); an object (``gs://``) in one upload, which
+    the store makes atomic (it has no atomic rename)."""
     if not is_local(path):
         epath.Path(path).write_text(text)
         return
-    tmp = f"{os.fspath(path)}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, a folder at ``path``, an interrupt: leave no .tmp
-        with contextlib.suppress(OSError):  # none if it could not be opened
-            os.remove(tmp)
-        raise
+    write_file_atomic(path, lambda tmp: pathlib.Path(tmp).write_text(text))
 
 
 def prepare_file_path(path: epath.PathLike) -> None:
@@ -48,9 +39,11 @@ def prepare_file_path(path: epath.PathLike) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def write_file_atomic(path: str, write, *, replace: bool = True, suffix: str = "") -> None:
+def write_file_atomic(path: epath.PathLike, write, *, replace: bool = True,
+                      suffix: str = "") -> None:
     """``write(tmp)`` writes a temporary file beside the local ``path``, which is synced and
-    renamed onto ``path`` in one step: a crash leaves ``path`` as it was, never half-written.
+    renamed onto ``path`` in one step: a crash leaves ``path`` as it was, never half-written,
+    and no temporary file (its name, ``.NAME.PID.tmpSUFFIX``, is no user's file).
     ``suffix`` ends the temporary name (for writers that pick the format by the name, such as
     ``.nii.gz``). With ``replace=False`` an existing ``path`` (even one made while ``write``
     ran) is kept and FileExistsError raised: the file is linked into place, which fails if

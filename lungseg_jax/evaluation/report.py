@@ -36,6 +36,7 @@ from lungseg_jax.core.files import absolute  # noqa: E402
 from lungseg_jax.data.preprocess import window  # noqa: E402
 from lungseg_jax.data.slices import Slices, paired_tiff_names, tiff_spacing_mm  # noqa: E402
 from lungseg_jax.rundir.records import read_metrics  # noqa: E402
+from lungseg_jax.serving.scans import slice_spacing_mm  # noqa: E402
 
 NUM_OVERLAYS = 3  # worst and best slices drawn each
 CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
@@ -61,21 +62,17 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: tuple | None = None) -> f
         return math.inf
 
     def distance_to(s):  # exact Euclidean distance of every pixel to the nearest pixel of s
-        if spacing is None:
-            return cv2.distanceTransform((~s).astype(np.uint8), cv2.DIST_L2,
-                                         cv2.DIST_MASK_PRECISE)
-        return ndimage.distance_transform_edt(~s, sampling=spacing)  # in mm, per axis
+        return ndimage.distance_transform_edt(~s, sampling=spacing or (1, 1))  # per axis
 
     return float(np.percentile(np.concatenate([distance_to(b)[a], distance_to(a)[b]]), 95))
 
 
 def slice_spacings(names: list, data_dir: str | None, spacing_mm: float | None) -> list:
     """Each slice's (row, column) spacing in mm: its image TIFF's (``tiff_spacing_mm``),
-    else ``(spacing_mm, spacing_mm)``, else None."""
-    given = (spacing_mm, spacing_mm) if spacing_mm else None
+    else ``(spacing_mm, spacing_mm)``, else None (``scans.slice_spacing_mm``, as predict)."""
     files = paired_tiff_names(data_dir)[0] if data_dir else {}
-    return [(tiff_spacing_mm(files[name]) if name in files else None) or given
-            for name in names]
+    return [slice_spacing_mm(tiff_spacing_mm(files[name]) if name in files else None,
+                             spacing_mm) for name in names]
 
 
 CSV_FIELDS = ["name", "iou", "dice", "hd95", "hd95_mm", "intersection", "union", "predicted",
