@@ -23,7 +23,8 @@ from lungseg_jax.core import cli
 from lungseg_jax.core.files import is_local, write_atomic
 from lungseg_jax.rundir import records
 from lungseg_jax.tracking.tensorboard import TensorBoardWriter
-from lungseg_jax.tracking.tracker import Tracker, workdir_uri
+from lungseg_jax.tracking.mlflow_run import workdir_uri
+from lungseg_jax.tracking.tracker import Tracker
 from lungseg_jax.training.config_checks import check_config
 from lungseg_jax.training.loop import run_summary, train_and_evaluate
 from lungseg_jax.training.preemption import exiting_when_preempted

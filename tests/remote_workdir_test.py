@@ -24,7 +24,7 @@ from lungseg_jax.data.phantoms import synthetic_slices
 from lungseg_jax.evaluation import evaluator
 from lungseg_jax.rundir import records
 from lungseg_jax.serving import export, exported
-from lungseg_jax.tracking import tracker
+from lungseg_jax.tracking import mlflow_run, tracker
 from lungseg_jax.training.loop import train_and_evaluate
 
 URI = "gs://"
@@ -150,4 +150,4 @@ def test_tracking_with_a_bucket_workdir_needs_a_tracking_uri(tiny_config, monkey
     with pytest.raises(ValueError, match="--workdir=gs://bucket/run: .*set MLFLOW_TRACKING_URI"):
         tracker.Tracker(tiny_config, "gs://bucket/run")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/mlflow.db")
-    assert tracker.tracking_uri("gs://bucket/run") == "sqlite:////tmp/mlflow.db"
+    assert mlflow_run.tracking_uri("gs://bucket/run") == "sqlite:////tmp/mlflow.db"
