@@ -139,12 +139,13 @@ def independent_oof_counts(cv_dir, threshold=0.5, weights="final"):
         with open(os.path.join(workdir, "split.json")) as f:
             val_names = sorted(json.load(f)["validation"])
         data = folders.read_folder(run.config.data.path)
+        predict = probability_fn(run.model)  # one jitted function per fold: compiled once
         for name in val_names:
             i = data.names.index(name)
             image = np.clip((data.images[i].astype(np.float32) + 1350) / 1500, 0, 1)
             small = cv2.resize(image, (32, 32), interpolation=cv2.INTER_AREA)[None, ..., None]
             members = run.finals if weights == "final" else run.snapshots
-            prob = np.mean([np.asarray(probability_fn(run.model)(run.variables[m], small))[0]
+            prob = np.mean([np.asarray(predict(run.variables[m], small))[0]
                             for m in members], axis=0)
             pred = cv2.resize(prob, (64, 64), interpolation=cv2.INTER_LINEAR) > threshold
             truth = data.masks[i] > 0
@@ -259,8 +260,8 @@ def test_audit_ranks_every_slice_by_its_out_of_fold_disagreement_and_flags(cv_di
         image = cv2.resize(np.clip((data.images[i].astype(np.float32) + 1350) / 1500, 0, 1),
                            (32, 32), interpolation=cv2.INTER_AREA)
         batch = np.stack([image, image[:, ::-1]])[..., None]
-        probs = [np.asarray(probability_fn(run.model)(run.variables[s], batch))
-                 for s in run.snapshots]
+        predict = probability_fn(run.model)
+        probs = [np.asarray(predict(run.variables[s], batch)) for s in run.snapshots]
         mean = np.mean([(p[0] + p[1][:, ::-1]) / 2 for p in probs], axis=0)
         pred = keep_largest_components(cv2.resize(mean, (64, 64)) > 0.5)
         truth = data.masks[i] > 0
@@ -308,6 +309,7 @@ def test_bad_cross_validation_fields_are_refused_naming_them(tiny_config, field,
         check_config(tiny_config)
 
 
+@pytest.mark.slow  # 30 s; train's own SIGTERM test, in the default suite, covers the helper
 def test_sigterm_stops_the_fold_in_progress_exits_143_and_a_rerun_finishes(tmp_path):
     from conftest import REPO, TINY_FLAGS
 

@@ -1,7 +1,7 @@
 """A cross-validation folder: ``DIR/crossval.json`` and one run's workdir per fold.
 
     DIR/config.json         the config every fold trains (``data.cv.fold`` aside)
-    DIR/crossval.json       {"folds": k, "group_pattern": ...}: what makes DIR a CV folder
+    DIR/crossval.json       {"folds": k}: what makes DIR a cross-validation folder
     DIR/fold_<i>/           fold i's workdir (config, split, checkpoints, metrics)
 
 Each fold is an ordinary, resumable run whose validation set is its fold (recorded in its
@@ -23,10 +23,9 @@ def fold_workdir(cv_dir: epath.PathLike, fold: int) -> epath.Path:
     return epath.Path(cv_dir) / f"fold_{fold}"
 
 
-def load_record(cv_dir: epath.PathLike) -> dict | None:
-    """``crossval.json`` of ``cv_dir``, or None when it is no cross-validation folder."""
-    path = epath.Path(cv_dir) / RECORD
-    return json.loads(path.read_text()) if path.exists() else None
+def load_record(cv_dir: epath.PathLike) -> dict:
+    """``crossval.json`` of the cross-validation folder ``cv_dir``."""
+    return json.loads((epath.Path(cv_dir) / RECORD).read_text())
 
 
 def is_crossval(workdir: epath.PathLike) -> bool:
@@ -43,13 +42,14 @@ def fold_config(config, fold: int):
 
 def prepare(cv_dir: epath.PathLike, config, write: bool) -> None:
     """Refuses a folder of another cross-validation (another config or fold count) or a
-    plain run's workdir; with ``write``, records the config and ``crossval.json``."""
+    plain run's workdir; with ``write``, records ``crossval.json`` (first: a folder cut off
+    between the two files is still a cross-validation) and the config."""
     path = epath.Path(cv_dir)
     if (path / "config.json").exists() and not is_crossval(path):
         raise ValueError(f"{cv_dir} is a training run's workdir, not a cross-validation "
                          "folder; use a new --workdir")
+    records.require_folder(cv_dir)
+    if write and not is_crossval(path):
+        path.mkdir(parents=True, exist_ok=True)
+        write_atomic(path / RECORD, json.dumps({"folds": config.data.cv.folds}) + "\n")
     records.prepare_workdir(cv_dir, fold_config(config, 0), write)
-    if write:
-        write_atomic(path / RECORD, json.dumps(
-            {"folds": config.data.cv.folds, "group_pattern": config.data.cv.group_pattern},
-            indent=2) + "\n")
