@@ -62,9 +62,10 @@ def cross_validate(cv_dir: epath.PathLike, threshold: float = 0.5, batch_size: i
     and returns the summary."""
     trained = restore_trained(cv_dir)
     config = trained.config
-    validated = validate(trained, threshold, batch_size)
+    source = load_slices(config.data)  # read once: the folds' validation slices and errata
+    validated = validate(trained, threshold, batch_size, source=source)
     known = errata.load_errata(errata.errata_file(config.data.errata))
-    left_out = errata.leave_out(load_slices(config.data).names, known)[1]
+    left_out = errata.leave_out(source.names, known)[1]
     summary = {"folds": len(trained.folds), "num_images": len(validated.names),
                "threshold": threshold, "group_pattern": config.data.cv.group_pattern,
                "left_out": left_out, "left_out_why": errata.describe(left_out, known),

@@ -107,12 +107,17 @@ class Validated(NamedTuple):
         return {name: metrics.summarize(c) for name, c in self.counts.items()}
 
 
-def validate(trained: Trained, threshold: float, batch_size: int,
-             ensemble_last: int = 0) -> Validated:
-    """Each of ``trained.runs`` scored on its recorded validation slices."""
+def validate(trained: Trained, threshold: float, batch_size: int, ensemble_last: int = 0,
+             source: Slices | None = None) -> Validated:
+    """Each of ``trained.runs`` scored on its recorded validation slices, taken from
+    ``source`` (the runs' data, ``load_slices`` of their config: read once here if not
+    given, not once per fold)."""
+    records = [split_record.load_split(run.workdir) for run in trained.runs]
+    if source is None and any(record is not None for record in records):
+        source = load_slices(trained.config.data)
     names, fold_ids, counts = [], [], []
-    for fold, run in enumerate(trained.runs):
-        val = validation_slices(run.config, split_record.load_split(run.workdir))
+    for fold, (run, record) in enumerate(zip(trained.runs, records)):
+        val = validation_slices(run.config, record, source)
         members = run.last_snapshots(ensemble_last)
         images, _ = preprocess(val, run.config.data)
         predictions = predict_steps(run, images, sorted({*run.finals, *members}), batch_size)
@@ -132,12 +137,13 @@ def chosen_variant(chosen: tuple, weights_steps: dict, threshold: float) -> dict
             "postprocess": postprocess, "threshold": threshold}
 
 
-def validation_slices(config, record: dict | None) -> Slices:
-    """The run's validation slices: those it recorded (checked against their digests), or
-    for a run that recorded none, its split drawn again from ``config.data``."""
+def validation_slices(config, record: dict | None, source: Slices) -> Slices:
+    """The run's validation slices: those it recorded, from ``source`` (its data), checked
+    against their digests; for a run that recorded none, its split drawn again from
+    ``config.data``."""
     if record is None:
         return train_val_slices(config.data)[1]
-    return split_record.recorded_subset(load_slices(config.data), record["validation"],
+    return split_record.recorded_subset(source, record["validation"],
                                         f"config.data ({config.data.source} {config.data.path})")
 
 
