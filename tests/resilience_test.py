@@ -24,8 +24,13 @@ from lungseg_jax.rundir import checkpoints
 from lungseg_jax.rundir.trained import restore_trained
 
 # The conv U-Net: fewer arrays than the inception one, so a checkpoint every step stays cheap.
-TINY = [*TINY_FLAGS, "--config.model.name=conv_unet", "--config.checkpoint.every_steps=1"]
-TOTAL_STEPS = 8  # 2 epochs x 4 steps
+# Three epochs, so that the last kill (at checkpoint 8 at the latest) still finds the run
+# mid-way: orbax finishes a checkpoint asynchronously, so when checkpoint N appears on disk
+# the trainer may be steps past it (with 8 steps and a kill after checkpoint 6, a fast host
+# sometimes finished the run first).
+TINY = [*TINY_FLAGS, "--config.num_epochs=3", "--config.model.name=conv_unet",
+        "--config.checkpoint.every_steps=1"]
+TOTAL_STEPS = 12  # 3 epochs x 4 steps
 TIMEOUT_S = 240
 
 
@@ -94,7 +99,7 @@ def reference_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     status, output = run(workdir)
     assert status == 0, output[-3000:]
-    assert [r["step"] for r in deterministic_metrics(workdir)] == [4, 8]
+    assert [r["step"] for r in deterministic_metrics(workdir)] == [4, 8, 12]
     return workdir
 
 
@@ -104,9 +109,10 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(reference_dir, tm
     rng.seed(seed)
     workdir = tmp_path / "killed"
     progress = 0
-    for window in ((1, 2), (3, 4), (5, 6)):  # one kill in each third of the run
+    for window in ((1, 2), (4, 5), (7, 8)):  # three kills, the last with 4 steps to go
         target = max(rng.randint(*window), progress + 1)
         status, output, seen = interrupt(workdir, signal.SIGKILL, target, rng.uniform(0, 0.2))
+        assert "Training finished" not in output, f"seed {seed}: the kill came after the end"
         assert status == -signal.SIGKILL, f"seed {seed}: {output[-2000:]}"
         if progress:  # the run resumed from the newest checkpoint: no finished step lost
             assert f"Resumed from the checkpoint at step {progress}." in output, f"seed {seed}"
