@@ -1,6 +1,7 @@
 """Multi-process training: two processes (one CPU device each, over 127.0.0.1) vs one with two."""
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -133,6 +134,32 @@ def test_sigterm_stops_both_processes_after_the_same_call(tmp_path):
     assert stopped[0] == stopped[1] >= 8
     manager = checkpoints.create_manager(str(workdir), read_only=True)
     assert manager.latest_step() == stopped[0]
+
+
+def test_a_held_workdir_stops_every_process_at_once(tmp_path):
+    """Process 0 finds the lock of a live trainer: it and process 1 (which never looks at the
+    lock) both exit 1 in one line, rather than process 1 waiting for it in a collective."""
+    workdir, address = tmp_path / "held", f"127.0.0.1:{free_port()}"
+    workdir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    logs = [tmp_path / f"process{i}.log" for i in range(2)]
+    try:
+        (workdir / "lock").write_text(json.dumps(
+            {"pid": holder.pid, "host": socket.gethostname(), "since": "2001-02-03T04:05:06"}))
+        commands = [train_command(workdir, f"--coordinator_address={address}",
+                                  "--num_processes=2", f"--process_id={i}") for i in range(2)]
+        with started(commands, cpu_env(1), logs) as procs:
+            statuses = [proc.wait(timeout=60) for proc in procs]
+    finally:
+        holder.kill()
+        holder.wait()
+    last_lines = [log.read_text().rstrip().splitlines()[-1] for log in logs]
+    assert statuses == [1, 1], last_lines
+    assert last_lines[0].startswith(f"error: {workdir} is in use by another trainer (pid "
+                                    f"{holder.pid} on {socket.gethostname()} since ")
+    assert last_lines[1] == (f"error: process 0 could not take the lock of {workdir} (its log "
+                             "says why); this process stops too")
+    assert os.listdir(workdir) == ["lock"]
 
 
 @pytest.mark.parametrize("settings, environ, expected", [

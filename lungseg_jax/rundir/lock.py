@@ -9,7 +9,7 @@ another host cannot be checked, so it counts as alive.
 
 Only local (or mounted) workdirs are locked: ``etils.epath`` has no create-if-absent for an
 object store (``gs://``), so there nothing stops a second trainer. Several processes of one
-run lock on process 0 only (the caller's ``enabled``).
+run lock on process 0 only (``hold_for_run``), and all of them stop when it is refused.
 """
 
 import contextlib
@@ -18,8 +18,11 @@ import json
 import os
 import socket
 
+import jax
+import numpy as np
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from lungseg_jax.core.files import is_local
 from lungseg_jax.rundir import records
@@ -32,14 +35,36 @@ class WorkdirLocked(FileExistsError):
 
 
 @contextlib.contextmanager
-def hold(workdir: epath.PathLike, enabled: bool = True):
+def hold_for_run(workdir: epath.PathLike):
+    """``hold`` on process 0 for a run of one or more processes. Every process learns whether
+    process 0 got the lock, so a refusal stops them all at once (the others would otherwise
+    wait for process 0 in the run's first collective until the cluster times out)."""
+    is_chief = jax.process_index() == 0
+    with contextlib.ExitStack() as stack:
+        refusal = None
+        if is_chief:
+            try:
+                stack.enter_context(hold(workdir))
+            except Exception as error:  # pylint: disable=broad-except  (re-raised below)
+                refusal = error
+        if jax.process_count() > 1:
+            refused = multihost_utils.broadcast_one_to_all(np.int32(refusal is not None))
+            if refused and not is_chief:
+                raise WorkdirLocked(f"process 0 could not take the lock of {workdir} (its log "
+                                    "says why); this process stops too")
+        if refusal is not None:
+            raise refusal
+        yield
+
+
+@contextlib.contextmanager
+def hold(workdir: epath.PathLike):
     """Holds ``WORKDIR/lock`` (creating the workdir) for the ``with`` block, released also on
     errors; raises ``WorkdirLocked`` naming the holder when a live trainer has it. Does
-    nothing when not ``enabled`` or for a workdir that is not local."""
-    if not enabled or not is_local(workdir):
-        if enabled:
-            logging.info("%s is not a local folder: it is not locked against a second "
-                         "trainer.", workdir)
+    nothing for a workdir that is not local."""
+    if not is_local(workdir):
+        logging.info("%s is not a local folder: it is not locked against a second trainer.",
+                     workdir)
         yield
         return
     records.require_folder(workdir)

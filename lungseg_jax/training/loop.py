@@ -110,7 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                  len(plan.val_images), config.data.image_size, config.data.image_size,
                  plan.total_steps, config.num_epochs, plan.steps_per_epoch, plan.snapshot_steps,
                  dict(mesh.shape))
-    with lock.hold(workdir, enabled=is_chief):  # one trainer per workdir, the whole run long
+    with lock.hold_for_run(workdir):  # one trainer per workdir, the whole run long
         return train_in_workdir(config, workdir, plan, mesh, is_chief,
                                 (on_epoch_end, on_steps) if is_chief else (None, None))
 
