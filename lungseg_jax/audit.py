@@ -19,10 +19,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Cross-validation folder (python -m lungseg_jax.crossval).")
 flags.DEFINE_string("output", None, "Folder for audit.csv and the overlays.")
 flags.DEFINE_integer("top", 10, "Overlays of this many most suspicious slices.", lower_bound=0)
-flags.DEFINE_float("threshold", 0.5, "Probability threshold of the predictions.")
-flags.DEFINE_integer("batch_size", 8, "Images per prediction batch.", lower_bound=1)
+cli.define_scoring_flags("Probability threshold of the predictions.")
 flags.mark_flags_as_required(["workdir", "output"])
-flags.register_validator("threshold", cli.is_probability_threshold, message=cli.THRESHOLD_RULE)
 
 
 def main(argv):

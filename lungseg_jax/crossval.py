@@ -33,10 +33,8 @@ config_flags.DEFINE_config_file(
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder of the cross-validation (a workdir per fold).")
 flags.DEFINE_integer("folds", 5, "Number of folds (sets config.data.cv.folds).", lower_bound=2)
-flags.DEFINE_float("threshold", 0.5, "Probability threshold of the out-of-fold scores.")
-flags.DEFINE_integer("batch_size", 8, "Images per prediction batch.", lower_bound=1)
+cli.define_scoring_flags("Probability threshold of the out-of-fold scores.")
 flags.mark_flags_as_required(["config", "workdir"])
-flags.register_validator("threshold", cli.is_probability_threshold, message=cli.THRESHOLD_RULE)
 cli.define_cluster_flags()
 
 

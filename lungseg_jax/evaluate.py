@@ -29,8 +29,7 @@ flags.DEFINE_string("workdir", None, "Training workdir (config.json and checkpoi
 flags.DEFINE_string("data_dir", None, "Folder with 2d_images/ and 2d_masks/.")
 flags.DEFINE_string("output", None, "Where to write the metrics JSON (the report goes next "
                     "to it): a file path, not a folder; its folder is created.")
-flags.DEFINE_float("threshold", 0.5, "Probability threshold for a lung pixel.")
-flags.DEFINE_integer("batch_size", 8, "Images per prediction batch.", lower_bound=1)
+cli.define_scoring_flags("Probability threshold for a lung pixel.")
 flags.DEFINE_integer("ensemble_last", 0, "Ensemble the last M snapshots (0: all).",
                      lower_bound=0)
 flags.DEFINE_bool("tta", False, "Horizontal-flip test-time augmentation for final, snapshots "
@@ -49,7 +48,6 @@ flags.DEFINE_bool("mlflow", True, "Log the metrics and the report to the trainin
                   "run when it was tracked (WORKDIR/mlflow_run_id), as eval/NAME/... for "
                   "--output .../NAME.json.")
 flags.mark_flags_as_required(["workdir", "data_dir", "output"])
-flags.register_validator("threshold", cli.is_probability_threshold, message=cli.THRESHOLD_RULE)
 flags.register_validator("spacing_mm", lambda v: v is None or v > 0,
                          message="--spacing_mm must be a positive number of millimetres")
 

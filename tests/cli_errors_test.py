@@ -177,12 +177,26 @@ def console_script(name):
                                           ("lungseg-export", "--snapshots"),
                                           ("lungseg-predict", "--overwrite"),
                                           ("lungseg-split", "--test_fraction"),
-                                          ("lungseg-bench", "--profile_runs")])
+                                          ("lungseg-bench", "--profile_runs"),
+                                          ("lungseg-crossval", "--folds"),
+                                          ("lungseg-audit", "--top")])
 def test_console_commands_help_from_any_folder_and_exit_0(tmp_path, script, flag):
     run = subprocess.run([console_script(script), "--help"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert flag in run.stdout and "Entry point" in run.stdout
+
+
+@pytest.mark.parametrize("module, flags", [
+    ("evaluate", ("--threshold", "--batch_size")), ("crossval", ("--threshold", "--batch_size")),
+    ("audit", ("--threshold", "--batch_size")), ("train", ("--coordinator_address",))])
+def test_help_lists_the_flags_defined_by_shared_helpers(module, flags):
+    """``core.cli``'s define_* helpers define flags for their caller: ``python -m`` --help
+    (which lists the main module's own flags) shows them."""
+    run = subprocess.run([sys.executable, "-m", f"lungseg_jax.{module}", "--help"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    for flag in flags:
+        assert f"  {flag}:" in run.stdout, flag
 
 
 def test_train_help_lists_the_config_fields(tmp_path):

@@ -18,6 +18,10 @@ SHIPPED_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
                                "configs")
 HELP_FLAGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
 
+# The define_* helpers below declare flags on behalf of the command calling them: disclaiming
+# this module makes absl attribute them to that command, so its --help lists them.
+flags.disclaim_key_flags()
+
 
 def is_probability_threshold(value: float) -> bool:
     """Whether ``value`` can split probabilities into lung and not: 0 < value < 1."""
@@ -32,6 +36,14 @@ def define_cluster_flags() -> None:
     flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
     flags.DEFINE_bool("multihost", False, "Join a cluster that JAX detects itself (Cloud TPU "
                       "VM slices, Slurm, Open MPI).")
+
+
+def define_scoring_flags(threshold_help: str) -> None:
+    """``--threshold`` (0.5, checked) and ``--batch_size``, for the commands that score
+    predictions against masks."""
+    flags.DEFINE_float("threshold", 0.5, threshold_help)
+    flags.DEFINE_integer("batch_size", 8, "Images per prediction batch.", lower_bound=1)
+    flags.register_validator("threshold", is_probability_threshold, message=THRESHOLD_RULE)
 
 
 def start(argv, *, positional_args: bool = False, cluster: bool = False,
