@@ -15,7 +15,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (config.json and checkpoints/).")
 flags.DEFINE_string("output", None, "Export directory to write.")
 flags.DEFINE_string("snapshots", "all", "Snapshots to export: 'all' or 'last:m'.")
-flags.DEFINE_float("threshold", 0.5, "Probability threshold recorded for a lung pixel.")
+cli.define_threshold_flag("Probability threshold recorded for a lung pixel.")
 flags.DEFINE_bool("overwrite", False, "Write into an existing non-empty --output folder "
                   "(its files of the same names are replaced).")
 flags.DEFINE_list("platforms", list(export.PLATFORMS), "Platforms the artifacts are lowered for.")
@@ -23,7 +23,6 @@ flags.DEFINE_string("variant_from", None, "An evaluation JSON (python -m lungseg
                     "export the variant it chose on validation (members, TTA, post-processing, "
                     "threshold) instead of --snapshots and --threshold.")
 flags.mark_flags_as_required(["workdir", "output"])
-flags.register_validator("threshold", cli.is_probability_threshold, message=cli.THRESHOLD_RULE)
 
 
 def main(argv):

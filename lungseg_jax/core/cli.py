@@ -38,12 +38,17 @@ def define_cluster_flags() -> None:
                       "VM slices, Slurm, Open MPI).")
 
 
-def define_scoring_flags(threshold_help: str) -> None:
-    """``--threshold`` (0.5, checked) and ``--batch_size``, for the commands that score
-    predictions against masks."""
+def define_threshold_flag(threshold_help: str) -> None:
+    """``--threshold``: 0.5 by default, refused unless strictly between 0 and 1."""
     flags.DEFINE_float("threshold", 0.5, threshold_help)
-    flags.DEFINE_integer("batch_size", 8, "Images per prediction batch.", lower_bound=1)
     flags.register_validator("threshold", is_probability_threshold, message=THRESHOLD_RULE)
+
+
+def define_scoring_flags(threshold_help: str) -> None:
+    """``--threshold`` and ``--batch_size``, for the commands that score predictions against
+    masks."""
+    define_threshold_flag(threshold_help)
+    flags.DEFINE_integer("batch_size", 8, "Images per prediction batch.", lower_bound=1)
 
 
 def start(argv, *, positional_args: bool = False, cluster: bool = False,
